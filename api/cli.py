@@ -1,0 +1,146 @@
+"""The `voxmem` command line (CONTRACT §2). It is the composition root: it may start API and
+worker processes, so it is the one module allowed to reach both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from api.commands import tenants, tokens
+from db.settings import get_settings
+
+app = typer.Typer(
+    name="voxmem",
+    help="Long-term memory gateway for ElevenLabs voice agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(tenants.app, name="tenants")
+app.add_typer(tokens.app, name="tokens")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the schema to head; create the data dir, key files and the default tenant."""
+    from db.bootstrap import bootstrap
+
+    settings = get_settings()
+    try:
+        result = bootstrap(settings)
+    except Exception as exc:
+        raise fail(f"migration failed: {exc}") from exc
+    for path in result.created_key_files:
+        typer.echo(f"created key file {path} (mode 0600)")
+    if result.credentials_file is not None:
+        typer.echo(f"first-run webhook secret and tokens written to {result.credentials_file}")
+    typer.echo("schema at head")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+    workers: Annotated[int, typer.Option(help="API processes")] = 1,
+) -> None:
+    """Run the HTTP API only."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        # Slow-body clients are cut off instead of holding a worker forever.
+        timeout_keep_alive=5,
+    )
+
+
+@app.command()
+def worker(
+    processes: Annotated[int, typer.Option(help="worker processes")] = 2,
+) -> None:
+    """Run queue worker processes only."""
+    from worker.main import run_worker_process, supervise_workers
+
+    if processes < 1:
+        raise fail("--processes must be at least 1")
+    if processes == 1:
+        run_worker_process()
+        return
+    raise typer.Exit(supervise_workers(processes))
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
+) -> None:
+    """Migrate, then run the API and the workers under one supervisor (Ctrl-C stops all)."""
+    settings = get_settings()
+    migrate()
+    n_workers = workers if workers is not None else settings.workers
+    exe = [sys.executable, "-m", "api.cli"]
+    api_cmd = [*exe, "serve", "--host", host or settings.host, "--port", str(port or settings.port)]
+    worker_cmd = [*exe, "worker", "--processes", str(n_workers)]
+    stopping = False
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    commands = {"api": api_cmd, "workers": worker_cmd}
+    restarts = dict.fromkeys(commands, 0)
+    for name, cmd in commands.items():
+        procs[name] = subprocess.Popen(cmd)
+    typer.echo(
+        f"voxmem up: API on http://{host or settings.host}:{port or settings.port}, "
+        f"{n_workers} worker processes (Ctrl-C to stop)"
+    )
+    while not stopping:
+        time.sleep(0.5)
+        for name, proc in list(procs.items()):
+            if proc.poll() is not None and not stopping:
+                restarts[name] += 1
+                typer.echo(f"{name} exited with {proc.returncode}; restarting", err=True)
+                time.sleep(min(30.0, 0.5 * 2 ** min(restarts[name], 6)))
+                procs[name] = subprocess.Popen(commands[name])
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    typer.echo("voxmem stopped")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

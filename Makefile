@@ -1,0 +1,38 @@
+# voxmem: `make run` serves, `make test` tests. Both set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test lint typecheck pytest bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install voxmem with its pinned dependencies
+
+run: install ## migrate, then API on 127.0.0.1:8000 + 2 workers (Ctrl-C stops)
+	$(BIN)/voxmem up
+
+lint: install ## ruff
+	$(BIN)/ruff check .
+
+typecheck: install ## mypy --strict on our packages
+	$(BIN)/mypy api worker memory db
+
+pytest: install ## the test suite only
+	$(BIN)/pytest
+
+test: install lint typecheck pytest ## everything CI runs
+
+bench: install ## every benchmark; rewrites docs/benchmarks.md
+	$(BIN)/python -m bench.run_all
+
+clean: ## remove the venv and caches (keeps data/)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,181 @@
+"""Who is calling: phone normalisation, caller → user mapping, guest creation.
+
+Caller numbers are normalised to E.164 and stored as a keyed hash (lookup) plus Fernet
+ciphertext (display). The plaintext number is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+import phonenumbers
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.crypto import keyring
+from db.models import CallerNumber, ConversationBinding, User
+
+ANONYMOUS = frozenset({"", "anonymous", "unknown", "private", "restricted", "unavailable", "null"})
+_DIGITS = re.compile(r"[^\d+]")
+
+
+def normalize_number(raw: str | None, default_region: str = "US") -> str | None:
+    """E.164 for phone numbers; other caller ids (WhatsApp ids, SIP URIs) are kept, trimmed.
+
+    Returns None for withheld/anonymous callers: they must never be merged into one user.
+    """
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value.lower() in ANONYMOUS:
+        return None
+    if value.lower().startswith(("sip:", "sips:")):
+        user_part = value.split(":", 1)[1].split("@", 1)[0]
+        if user_part and (user_part[0] == "+" or user_part.isdigit()):
+            value = user_part
+        else:
+            return value.lower()[:200]
+    compact = _DIGITS.sub("", value)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if len(compact.lstrip("+")) < 3:
+        return None
+    try:
+        parsed = phonenumbers.parse(compact, None if compact.startswith("+") else default_region)
+    except phonenumbers.NumberParseException:
+        return compact[:32] if compact.lstrip("+").isdigit() else value[:200]
+    if not phonenumbers.is_possible_number(parsed):
+        return compact[:32]
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def number_hash(e164: str) -> str:
+    return keyring().lookup_hash("caller:" + e164)
+
+
+def new_user_id() -> str:
+    return "usr_" + secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    user: User
+    created: bool
+
+
+def user_for_number(session: Session, tenant_id: int, e164: str) -> User | None:
+    row = session.scalar(
+        select(CallerNumber).where(
+            CallerNumber.tenant_id == tenant_id, CallerNumber.number_hash == number_hash(e164)
+        )
+    )
+    return session.get(User, row.user_id) if row is not None else None
+
+
+def get_user(session: Session, tenant_id: int, user_id: str) -> User | None:
+    user = session.get(User, user_id)
+    if user is None or user.tenant_id != tenant_id:
+        return None
+    return user
+
+
+def user_for_external_id(session: Session, tenant_id: int, external_id: str) -> User | None:
+    return session.scalar(
+        select(User).where(User.tenant_id == tenant_id, User.external_id == external_id)
+    )
+
+
+def bound_user(
+    session: Session, tenant_id: int, *, conversation_id: str | None, call_sid: str | None = None
+) -> User | None:
+    for column, value in (
+        (ConversationBinding.conversation_id, conversation_id),
+        (ConversationBinding.call_sid, call_sid),
+    ):
+        if not value:
+            continue
+        binding = session.scalar(
+            select(ConversationBinding)
+            .where(ConversationBinding.tenant_id == tenant_id, column == value)
+            .order_by(ConversationBinding.id.desc())
+            .limit(1)
+        )
+        if binding is not None:
+            return session.get(User, binding.user_id)
+    return None
+
+
+def create_guest(session: Session, tenant_id: int, *, external_id: str | None = None) -> User:
+    user = User(user_id=new_user_id(), tenant_id=tenant_id, external_id=external_id, is_guest=True)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def attach_number(session: Session, tenant_id: int, user: User, e164: str) -> None:
+    session.add(
+        CallerNumber(
+            tenant_id=tenant_id,
+            user_id=user.user_id,
+            number_hash=number_hash(e164),
+            number_enc=e164,
+        )
+    )
+    session.flush()
+
+
+def resolve_or_create_by_number(session: Session, tenant_id: int, e164: str) -> ResolvedUser:
+    """Find the user of a caller number, creating a guest on first contact.
+
+    Two first calls from one number racing (init on the API, a post-call job on a worker) are
+    settled by the unique (tenant, number_hash) constraint: the loser re-reads the winner.
+    """
+    existing = user_for_number(session, tenant_id, e164)
+    if existing is not None:
+        return ResolvedUser(existing, created=False)
+    try:
+        with session.begin_nested():
+            user = create_guest(session, tenant_id)
+            attach_number(session, tenant_id, user, e164)
+    except IntegrityError:
+        winner = user_for_number(session, tenant_id, e164)
+        if winner is None:
+            raise
+        return ResolvedUser(winner, created=False)
+    return ResolvedUser(user, created=True)
+
+
+def bind_conversation(
+    session: Session,
+    tenant_id: int,
+    user: User,
+    *,
+    conversation_id: str | None,
+    call_sid: str | None,
+    agent_id: str | None,
+) -> None:
+    if not conversation_id and not call_sid:
+        return
+    if conversation_id:
+        existing = session.scalar(
+            select(ConversationBinding).where(
+                ConversationBinding.tenant_id == tenant_id,
+                ConversationBinding.conversation_id == conversation_id,
+            )
+        )
+        if existing is not None:
+            # A conversation never changes users once bound (tool callers rely on it).
+            return
+    session.add(
+        ConversationBinding(
+            tenant_id=tenant_id,
+            conversation_id=conversation_id or None,
+            call_sid=call_sid or None,
+            user_id=user.user_id,
+            agent_id=agent_id,
+        )
+    )
+    session.flush()

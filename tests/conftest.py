@@ -1,0 +1,155 @@
+"""Shared fixtures: a real SQLite file per test, real keys, the real app, real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from db import crypto
+from db.bootstrap import bootstrap
+from db.engine import Database, open_database
+from db.models import DEFAULT_TENANT
+from db.settings import Settings
+from db.tenancy import active_webhook_secrets, create_token, require_tenant
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "elevenlabs" / "fixtures"
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{data_dir / 'voxmem.db'}",
+        "data_dir": data_dir,
+        "environment": "test",
+        "log_format": "console",
+        "log_level": "WARNING",
+        "worker_heartbeat_secs": 1.0,
+        "queue_poll_max_secs": 0.2,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment for a subprocess that must see the same deployment as `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMEM_")}
+    env.update(
+        VOXMEM_DATABASE_URL=settings.database_url,
+        VOXMEM_DATA_DIR=str(settings.data_dir),
+        VOXMEM_ENVIRONMENT=settings.environment,
+        VOXMEM_LOG_FORMAT="json",
+        VOXMEM_LOG_LEVEL=settings.log_level,
+        VOXMEM_WORKER_HEARTBEAT_SECS=str(settings.worker_heartbeat_secs),
+        VOXMEM_QUEUE_POLL_MAX_SECS=str(settings.queue_poll_max_secs),
+        VOXMEM_QUEUE_LEASE_SECS=str(settings.queue_lease_secs),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@dataclass
+class Deployment:
+    """A migrated voxmem data dir with the default tenant's secret and one token per scope."""
+
+    settings: Settings
+    db: Database
+    webhook_secret: str
+    tokens: dict[str, str]
+
+    def auth(self, scope: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[scope]}"}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def deployment(settings: Settings) -> Iterator[Deployment]:
+    bootstrap(settings, issue_tokens=False)
+    crypto.configure(crypto.load_keyring(settings))
+    db = open_database(settings)
+    with db.write() as session:
+        tenant = require_tenant(session, DEFAULT_TENANT)
+        secret = active_webhook_secrets(session, tenant.id)[0]
+        tokens = {
+            scope: create_token(session, DEFAULT_TENANT, scope, name=f"test {scope}").token
+            for scope in ("tool", "init", "admin")
+        }
+    yield Deployment(settings=settings, db=db, webhook_secret=secret, tokens=tokens)
+    db.dispose()
+
+
+@pytest.fixture
+def client(deployment: Deployment) -> Iterator[TestClient]:
+    from api.app import create_app
+
+    with TestClient(create_app(deployment.settings)) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base_url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        try:
+            if httpx.get(f"{base_url}/health/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base_url} not ready within {timeout}s")
+
+
+def voxmem_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "api.cli", *args]
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    deployment: Deployment
+
+
+@pytest.fixture
+def live_server(deployment: Deployment) -> Iterator[LiveServer]:
+    """The real API in its own process, on loopback."""
+    port = free_port()
+    proc = subprocess.Popen(
+        voxmem_cmd("serve", "--host", "127.0.0.1", "--port", str(port)),
+        env=settings_env(deployment.settings),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc=proc)
+        yield LiveServer(base_url=base, proc=proc, deployment=deployment)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,7 +15,7 @@ def status_counts(session: Session) -> dict[str, int]:
     counts = dict.fromkeys(QUEUE_STATUSES, 0)
     rows = session.execute(
         select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)
-    ).tuples()
+    )
     for status, count in rows:
         counts[status] = int(count)
     return counts

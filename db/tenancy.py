@@ -122,7 +122,7 @@ def list_tokens(session: Session, tenant_slug: str | None = None) -> list[tuple[
     stmt = select(ApiToken, Tenant.slug).join(Tenant, Tenant.id == ApiToken.tenant_id)
     if tenant_slug is not None:
         stmt = stmt.where(Tenant.slug == tenant_slug)
-    return [(tok, slug) for tok, slug in session.execute(stmt.order_by(ApiToken.id)).tuples()]
+    return [(tok, slug) for tok, slug in session.execute(stmt.order_by(ApiToken.id))]
 
 
 def revoke_token(session: Session, token_id: int) -> bool:
@@ -150,7 +150,7 @@ def resolve_token(session: Session, token: str) -> TokenIdentity | None:
     ).first()
     if row is None:
         return None
-    tok, slug = row.tuple()
+    tok, slug = row
     if not hmac.compare_digest(tok.token_hash, digest):
         return None
     return TokenIdentity(token_id=tok.id, tenant_id=tok.tenant_id, tenant_slug=slug, scope=tok.scope)

@@ -1,0 +1,53 @@
+"""Health, liveness and readiness per CONTRACT §4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from db import crypto
+from tests.conftest import make_settings
+
+
+def test_live(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+
+
+def test_ready_when_migrated(client: TestClient) -> None:
+    response = client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"
+
+
+def test_health_reports_sqlite_version_mitigation_and_queue(client: TestClient) -> None:
+    body = client.get("/health").json()
+    assert body["status"] in {"healthy", "degraded", "unhealthy"}
+    checks = body["checks"]
+    assert checks["database"]["status"] == "ok"
+    assert checks["sqlite"]["version"].count(".") == 2
+    assert checks["sqlite"]["wal_reset_mitigation"] in {"designated-checkpointer", "sqlite-fixed"}
+    assert set(checks["queue"]["counts"]) == {"pending", "processing", "completed", "failed", "dead_letter"}
+    assert checks["dead_letters"]["count"] == 0
+    assert checks["embedder"]["kind"] == "local"
+    assert checks["extractor"]["kind"] == "local"
+    # no worker is running in this test, which must show as degraded, not healthy
+    assert body["status"] == "degraded"
+    assert checks["workers"]["alive"] == 0
+
+
+def test_not_ready_before_migration(tmp_path: Path) -> None:
+    from api.app import create_app
+
+    settings = make_settings(tmp_path / "fresh")
+    crypto.ensure_key_files(settings)
+    with TestClient(create_app(settings)) as c:
+        response = c.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "schema not at head"
+
+
+def test_request_id_is_echoed(client: TestClient) -> None:
+    response = client.get("/health/live", headers={"X-Request-ID": "abc123"})
+    assert response.headers["x-request-id"] == "abc123"
+    assert len(client.get("/health/live").headers["x-request-id"]) == 32

@@ -1,0 +1,66 @@
+"""The SQLite engine: WAL verified, pragmas on every connection, BEGIN IMMEDIATE on writes."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from db.engine import Database
+from tests.conftest import Deployment
+
+
+def _pragma(db_conn: object, name: str) -> object:
+    from sqlalchemy import Connection
+
+    assert isinstance(db_conn, Connection)
+    return db_conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+
+@pytest.mark.parametrize("role", ["write", "read"])
+def test_every_connection_carries_the_pragmas(deployment: Deployment, role: str) -> None:
+    db: Database = deployment.db
+    engine = db.write_engine if role == "write" else db.read_engine
+    with engine.connect() as conn:
+        assert _pragma(conn, "journal_mode") == "wal"
+        assert _pragma(conn, "foreign_keys") == 1
+        assert _pragma(conn, "synchronous") == 2  # FULL
+        assert _pragma(conn, "wal_autocheckpoint") == 0
+        assert int(str(_pragma(conn, "busy_timeout"))) >= 5000
+        assert _pragma(conn, "query_only") == (1 if role == "read" else 0)
+
+
+def test_read_sessions_cannot_write(deployment: Deployment) -> None:
+    with pytest.raises(OperationalError, match="readonly"), deployment.db.read() as session:
+        session.execute(text("UPDATE tenants SET name = 'x'"))
+
+
+def test_write_transactions_take_the_write_lock_at_begin(deployment: Deployment) -> None:
+    path = deployment.settings.sqlite_path
+    assert path is not None
+    with deployment.db.write() as session:
+        session.execute(text("SELECT 1"))  # no write yet: a deferred BEGIN would hold no lock
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        finally:
+            other.close()
+
+
+def test_write_rolls_back_on_error(deployment: Deployment) -> None:
+    with pytest.raises(RuntimeError), deployment.db.write() as session:
+        session.execute(text("UPDATE tenants SET name = 'changed'"))
+        raise RuntimeError("boom")
+    with deployment.db.read() as session:
+        assert session.execute(text("SELECT name FROM tenants")).scalar() == "default"
+
+
+def test_foreign_keys_are_enforced(deployment: Deployment) -> None:
+    with pytest.raises(Exception, match="FOREIGN KEY"), deployment.db.write() as session:
+        session.execute(
+            text("INSERT INTO caller_numbers (tenant_id, user_id, number_hash, number_enc, created_at) "
+                 "VALUES (1, 'usr_missing', 'h', 'e', '2026-01-01')")
+        )

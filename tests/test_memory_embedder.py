@@ -83,9 +83,7 @@ def test_thread_safe_singleton_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_mod, "_Loaded", Counting)
     results: list[np.ndarray[Any, Any]] = []
     threads = [
-        threading.Thread(
-            target=lambda: results.append(LocalEmbedder().embed(["same text"]))
-        )
+        threading.Thread(target=lambda: results.append(LocalEmbedder().embed(["same text"])))
         for _ in range(6)
     ]
     for t in threads:
@@ -133,6 +131,7 @@ def test_openai_embedder_batches_and_normalises() -> None:
     out = e.embed(["a"] * 300 + [""])
     assert [len(c) for c in calls] == [256, 45]
     assert calls[1][-1] == " "
-    assert e.dim == 2 and e.name == "openai:custom-model"
+    assert e.dim == 2
+    assert e.name == "openai:custom-model"
     np.testing.assert_allclose(out[0], [0.6, 0.8], atol=1e-6)
     np.testing.assert_allclose(out[-1], [1.0, 0.0], atol=1e-6)

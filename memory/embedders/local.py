@@ -82,7 +82,7 @@ class _Loaded:
         )
         tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
         tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - not a secret
         self.tokenizer: Tokenizer = tokenizer
         self.input_names = {i.name for i in self.session.get_inputs()}
 

@@ -64,7 +64,5 @@ class OpenAIEmbedder:
         if self.dim == 0:
             self.dim = int(matrix.shape[1])
         elif matrix.shape[1] != self.dim:
-            raise EmbedderError(
-                f"{self.model} returned dim {matrix.shape[1]}, expected {self.dim}"
-            )
+            raise EmbedderError(f"{self.model} returned dim {matrix.shape[1]}, expected {self.dim}")
         return l2_normalise(matrix)

@@ -57,7 +57,11 @@ def serve(
     """Run the HTTP API only."""
     import uvicorn
 
+    from db.metrics import prepare_multiproc_dir
+
     settings = get_settings()
+    # Shared with the workers' samples; not wiped: the workers may already be writing there.
+    prepare_multiproc_dir(settings, wipe=False)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -77,8 +81,10 @@ def worker(
     processes: Annotated[int, typer.Option(help="worker processes")] = 2,
 ) -> None:
     """Run queue worker processes only."""
+    from db.metrics import prepare_multiproc_dir
     from worker.main import run_worker_process, supervise_workers
 
+    prepare_multiproc_dir(get_settings(), wipe=False)
     if processes < 1:
         raise fail("--processes must be at least 1")
     if processes == 1:
@@ -94,8 +100,13 @@ def up(
     workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
 ) -> None:
     """Migrate, then run the API and the workers under one supervisor (Ctrl-C stops all)."""
+    from db.metrics import prepare_multiproc_dir
+
     settings = get_settings()
     migrate()
+    # This supervisor owns the whole process tree, so last run's samples go (children inherit
+    # PROMETHEUS_MULTIPROC_DIR from our environment).
+    prepare_multiproc_dir(settings, wipe=True)
     n_workers = workers if workers is not None else settings.workers
     exe = [sys.executable, "-m", "api.cli"]
     api_cmd = [*exe, "serve", "--host", host or settings.host, "--port", str(port or settings.port)]

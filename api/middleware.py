@@ -7,7 +7,10 @@ import time
 import uuid
 
 import structlog
+from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from db import metrics, tracing
 
 log = structlog.get_logger("voxmem.http")
 
@@ -41,8 +44,16 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            if tracing.enabled():
+                await self._traced(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
         finally:
+            # Route template (/t/{tenant}/...), never the raw path: bounded label cardinality.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.observe_request(
+                route, str(scope.get("method")), status, time.perf_counter() - started
+            )
             # The path, never the query string: tokens must not reach the logs.
             log.info(
                 "http.request",
@@ -52,3 +63,22 @@ class RequestContextMiddleware:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A server span per request, parented on an incoming W3C traceparent if any; the
+        # route's own spans (intake.verify, memory_query.embed, ...) become its children.
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope.get("headers", [])
+            if name in (b"traceparent", b"tracestate")
+        }
+        with tracing.span(
+            f"{scope.get('method')} {scope.get('path')}",
+            parent=headers or None,
+            kind=SpanKind.SERVER,
+        ) as span:
+            await self.app(scope, receive, send)
+            route = getattr(scope.get("route"), "path", None)
+            if span is not None and route:
+                span.update_name(f"{scope.get('method')} {route}")
+                span.set_attribute("http.route", route)

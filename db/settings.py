@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     tool_summary_budget_ms: int = 400
     tool_rate_limit: str = "600/minute"
     own_numbers: str = ""
+    # Agent endpoints (issue 5): `llm` summarises tool results with the configured chat model
+    # inside tool_summary_budget_ms, falling back to the extractive summary.
+    tool_summary_mode: Literal["extractive", "llm"] = "extractive"
+    # The agent's LLM rereads every tool result on each turn: keep the body small.
+    tool_response_max_bytes: int = 2048
+    # slowapi/limits storage; memory:// is per process, redis://… shares limits across workers.
+    rate_limit_storage_uri: str = "memory://"
 
     # --- retrieval (seed 001's composite plus a lexical term; tuned on the LoCoMo dev split) -
     w_similarity: float = 0.6
@@ -93,6 +100,16 @@ class Settings(BaseSettings):
     w_lexical: float = 0.0
     link_top_k: int = 5
     link_threshold: float = 0.8
+
+    # --- operations: metrics, backups, key rotation (issue 6) --------------------------------
+    # prometheus-client multiprocess directory shared by API and workers (PROMETHEUS_MULTIPROC_DIR
+    # wins when set); default <data_dir>/metrics.
+    metrics_dir: Path | None = None
+    backup_retention_days: float = 30.0
+    # Run after each backup, e.g. "aws s3 cp {file} s3://bucket/voxmem/" ({file}, {sha256} are
+    # replaced; without {file} the path is appended). Empty: keep backups local only.
+    backup_upload_command: str = ""
+    key_rotation_batch_size: int = 500
 
     @property
     def webhook_secret_list(self) -> list[str]:

@@ -10,7 +10,7 @@ from types import FrameType
 
 import structlog
 
-from db import crypto
+from db import crypto, metrics, tracing
 from db.checkpoint import Checkpointer
 from db.engine import ensure_wal, open_database
 from db.logs import configure_logging
@@ -27,6 +27,8 @@ def run_worker_process(settings: Settings | None = None) -> None:
     """Body of one worker process."""
     settings = settings or get_settings()
     configure_logging(settings)
+    metrics.configure_process()
+    tracing.init_tracing(settings, "voxmem-worker")
     crypto.configure(crypto.load_keyring(settings))
     db = open_database(settings)
     checkpointer = None
@@ -47,6 +49,8 @@ def run_worker_process(settings: Settings | None = None) -> None:
         if checkpointer is not None:
             checkpointer.stop()
         db.dispose()
+        tracing.shutdown_tracing()
+        metrics.mark_process_dead()
 
 
 def _child_main() -> None:

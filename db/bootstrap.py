@@ -13,7 +13,12 @@ from db.engine import open_database
 from db.migrate import upgrade_to_head
 from db.models import DEFAULT_TENANT, ApiToken
 from db.settings import Settings
-from db.tenancy import active_webhook_secrets, add_webhook_secret, create_token, ensure_default_tenant
+from db.tenancy import (
+    active_webhook_secrets,
+    add_webhook_secret,
+    create_token,
+    ensure_default_tenant,
+)
 
 
 @dataclass
@@ -56,6 +61,7 @@ def bootstrap(settings: Settings, *, issue_tokens: bool = True) -> BootstrapResu
         cred_file = credentials_path(settings)
         fd = os.open(cred_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as fh:
-            fh.write("# voxmem first-run credentials (default tenant). Keep secret; delete once stored.\n")
+            fh.write("# voxmem first-run credentials (default tenant). ")
+            fh.write("Keep secret; delete once stored.\n")
             fh.write("\n".join(lines) + "\n")
     return BootstrapResult(created_key_files=created, credentials_file=cred_file)

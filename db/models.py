@@ -14,7 +14,7 @@ stored through ``EncryptedText``; nothing in this file stores a caller number in
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     Boolean,
@@ -41,7 +41,11 @@ DEFAULT_TENANT = "default"
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType, datetime: UTCDateTime}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSONType,
+        list[Any]: JSONType,
+        datetime: UTCDateTime,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +121,9 @@ class CallerNumber(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.user_id", ondelete="CASCADE"), index=True
+    )
     number_hash: Mapped[str] = mapped_column(String(64))
     number_enc: Mapped[str] = mapped_column(EncryptedText())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -136,7 +142,9 @@ class ConversationBinding(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     conversation_id: Mapped[str | None] = mapped_column(String(128))
     call_sid: Mapped[str | None] = mapped_column(String(128))
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.user_id", ondelete="CASCADE"), index=True
+    )
     agent_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -231,9 +239,7 @@ class ConversationTurn(Base):
     __table_args__ = (Index("idx_turns_conversation", "conversation_fk", "turn_order"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    conversation_fk: Mapped[int] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
-    )
+    conversation_fk: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(EncryptedText())
     # Seconds into the call (ElevenLabs time_in_call_secs); absolute time = start + this.
@@ -382,9 +388,7 @@ class ConversationMemory(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    conversation_fk: Mapped[int] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
-    )
+    conversation_fk: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     memory_id: Mapped[int] = mapped_column(ForeignKey("memories.id", ondelete="CASCADE"))
     extraction_type: Mapped[str] = mapped_column(String(16))
     confidence: Mapped[float | None] = mapped_column(Float)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -13,9 +13,7 @@ from db.types import utcnow
 
 def status_counts(session: Session) -> dict[str, int]:
     counts = dict.fromkeys(QUEUE_STATUSES, 0)
-    rows = session.execute(
-        select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)
-    )
+    rows = session.execute(select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status))
     for status, count in rows:
         counts[status] = int(count)
     return counts
@@ -27,16 +25,18 @@ def oldest_pending_age_secs(session: Session, now: datetime | None = None) -> fl
     )
     if oldest is None:
         return 0.0
-    if isinstance(oldest, str):  # aggregate results bypass the column type on SQLite
-        oldest = datetime.fromisoformat(oldest)
+    # Aggregates bypass the column type: SQLite hands back the stored naive ISO string.
+    raw: object = oldest
+    if isinstance(raw, str):
+        oldest = datetime.fromisoformat(raw)
     if oldest.tzinfo is None:
-        from datetime import UTC
-
         oldest = oldest.replace(tzinfo=UTC)
     return max(0.0, ((now or utcnow()) - oldest).total_seconds())
 
 
-def live_workers(session: Session, within_secs: float, now: datetime | None = None) -> list[WorkerHeartbeat]:
+def live_workers(
+    session: Session, within_secs: float, now: datetime | None = None
+) -> list[WorkerHeartbeat]:
     cutoff = (now or utcnow()) - timedelta(seconds=within_secs)
     return list(
         session.scalars(

@@ -14,7 +14,7 @@ from db.models import DEFAULT_TENANT, TOKEN_SCOPES, ApiToken, Tenant, WebhookSec
 from db.types import utcnow
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-TOKEN_PREFIX = "vxm_"
+TOKEN_PREFIX = "vxm_"  # noqa: S105 - a public prefix, not a secret
 
 
 class TenancyError(ValueError):
@@ -100,7 +100,9 @@ def hash_token(token: str) -> str:
     return keyring().lookup_hash("token:" + token)
 
 
-def create_token(session: Session, tenant_slug: str, scope: str, name: str | None = None) -> IssuedToken:
+def create_token(
+    session: Session, tenant_slug: str, scope: str, name: str | None = None
+) -> IssuedToken:
     if scope not in TOKEN_SCOPES:
         raise TenancyError(f"invalid scope {scope!r}; one of {', '.join(TOKEN_SCOPES)}")
     tenant = require_tenant(session, tenant_slug)
@@ -153,7 +155,9 @@ def resolve_token(session: Session, token: str) -> TokenIdentity | None:
     tok, slug = row
     if not hmac.compare_digest(tok.token_hash, digest):
         return None
-    return TokenIdentity(token_id=tok.id, tenant_id=tok.tenant_id, tenant_slug=slug, scope=tok.scope)
+    return TokenIdentity(
+        token_id=tok.id, tenant_id=tok.tenant_id, tenant_slug=slug, scope=tok.scope
+    )
 
 
 def touch_token(session: Session, token_id: int) -> None:

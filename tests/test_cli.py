@@ -61,7 +61,9 @@ def test_errors_are_one_line_and_nonzero(settings: Settings) -> None:
     assert bad_scope.returncode != 0
     assert bad_scope.stderr.strip().startswith("error: invalid scope")
     assert len(bad_scope.stderr.strip().splitlines()) == 1
-    no_tenant = run(settings, "tokens", "create", "--scope", "tool", "--tenant", "nope", check=False)
+    no_tenant = run(
+        settings, "tokens", "create", "--scope", "tool", "--tenant", "nope", check=False
+    )
     assert no_tenant.returncode != 0 and "no tenant" in no_tenant.stderr
 
 

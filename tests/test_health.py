@@ -27,7 +27,13 @@ def test_health_reports_sqlite_version_mitigation_and_queue(client: TestClient) 
     assert checks["database"]["status"] == "ok"
     assert checks["sqlite"]["version"].count(".") == 2
     assert checks["sqlite"]["wal_reset_mitigation"] in {"designated-checkpointer", "sqlite-fixed"}
-    assert set(checks["queue"]["counts"]) == {"pending", "processing", "completed", "failed", "dead_letter"}
+    assert set(checks["queue"]["counts"]) == {
+        "pending",
+        "processing",
+        "completed",
+        "failed",
+        "dead_letter",
+    }
     assert checks["dead_letters"]["count"] == 0
     assert checks["embedder"]["kind"] == "local"
     assert checks["extractor"]["kind"] == "local"

@@ -48,7 +48,9 @@ def test_dotenv_file_is_supported(tmp_path: Path) -> None:
         (Fernet.generate_key().decode(), "wsec_real_value_1234", ""),
     ],
 )
-def test_production_refuses_missing_or_placeholder_secrets(keys: str, secrets: str, lookup: str) -> None:
+def test_production_refuses_missing_or_placeholder_secrets(
+    keys: str, secrets: str, lookup: str
+) -> None:
     with pytest.raises(ValidationError, match="refusing to start in production"):
         Settings(  # type: ignore[call-arg]
             _env_file=None,

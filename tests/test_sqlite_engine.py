@@ -51,16 +51,21 @@ def test_write_transactions_take_the_write_lock_at_begin(deployment: Deployment)
 
 
 def test_write_rolls_back_on_error(deployment: Deployment) -> None:
-    with pytest.raises(RuntimeError), deployment.db.write() as session:
-        session.execute(text("UPDATE tenants SET name = 'changed'"))
-        raise RuntimeError("boom")
+    def change_then_fail() -> None:
+        with deployment.db.write() as session:
+            session.execute(text("UPDATE tenants SET name = 'changed'"))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        change_then_fail()
     with deployment.db.read() as session:
         assert session.execute(text("SELECT name FROM tenants")).scalar() == "default"
 
 
 def test_foreign_keys_are_enforced(deployment: Deployment) -> None:
+    insert = text(
+        "INSERT INTO caller_numbers (tenant_id, user_id, number_hash, number_enc, created_at) "
+        "VALUES (1, 'usr_missing', 'h', 'e', '2026-01-01')"
+    )
     with pytest.raises(Exception, match="FOREIGN KEY"), deployment.db.write() as session:
-        session.execute(
-            text("INSERT INTO caller_numbers (tenant_id, user_id, number_hash, number_enc, created_at) "
-                 "VALUES (1, 'usr_missing', 'h', 'e', '2026-01-01')")
-        )
+        session.execute(insert)

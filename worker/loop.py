@@ -40,7 +40,9 @@ class WorkerLoop:
     db: Database
     process_next: ProcessNext
     worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
+        default_factory=lambda: (
+            f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
+        )
     )
     stats: WorkerStats = field(default_factory=WorkerStats)
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -77,7 +79,7 @@ class WorkerLoop:
             while not self.stop_event.is_set():
                 try:
                     did_work = self.process_next()
-                except Exception as exc:  # noqa: BLE001 - the loop must outlive any one event
+                except Exception as exc:
                     log.exception("worker.loop_error", error=str(exc))
                     did_work = False
                 if did_work:
@@ -97,4 +99,3 @@ class WorkerLoop:
             except Exception as exc:  # noqa: BLE001
                 log.warning("worker.stop_record_failed", error=str(exc))
             log.info("worker.stopped", worker_id=self.worker_id, processed=self.stats.processed)
-

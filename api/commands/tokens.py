@@ -37,7 +37,8 @@ def list_(tenant: Annotated[str | None, typer.Option(help="tenant slug")] = None
         for tok, slug in list_tokens(session, tenant):
             status = "revoked" if tok.revoked_at else "active"
             used = tok.last_used_at.isoformat() if tok.last_used_at else "never"
-            typer.echo(f"{tok.id}\t{slug}\t{tok.scope}\t{tok.prefix}…\t{status}\tlast used {used}\t{tok.name or ''}")
+            fields = [str(tok.id), slug, tok.scope, f"{tok.prefix}…", status, f"last used {used}"]
+            typer.echo("\t".join([*fields, tok.name or ""]))
 
 
 @app.command("revoke")

@@ -102,7 +102,9 @@ def test_helpers_record_their_labels() -> None:
     )
 
     tokens = value("llm_tokens_total", {"model": "gpt-4o-mini", "kind": "completion"})
-    metrics.observe_llm_call("chat", "gpt-4o-mini", "ok", 0.3, prompt_tokens=10, completion_tokens=7)
+    metrics.observe_llm_call(
+        "chat", "gpt-4o-mini", "ok", 0.3, prompt_tokens=10, completion_tokens=7
+    )
     assert value("llm_tokens_total", {"model": "gpt-4o-mini", "kind": "completion"}) == tokens + 7
 
     fallbacks = value("conversation_init_fallbacks_total", {"reason": "deadline"})

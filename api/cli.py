@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from api.commands import tenants, tokens
+from api.commands import backup, tenants, tokens
 from db.settings import get_settings
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(tokens.app, name="tokens")
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,0 +1,258 @@
+"""`voxmem backup` while the service writes, and `voxmem restore` that verifies before it
+replaces anything."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from db.backup import BackupError, create_backup, exclusive_service_lock, restore_backup
+from db.models import DEFAULT_TENANT, WebhookEvent
+from db.tenancy import require_tenant
+from tests.conftest import REPO, Deployment, LiveServer, make_settings, settings_env, voxmem_cmd
+
+
+def run_cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        voxmem_cmd(*args),
+        env=settings_env(deployment.settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def event_ids(db_file: Path) -> set[str]:
+    conn = sqlite3.connect(db_file)
+    try:
+        return {row[0] for row in conn.execute("SELECT event_id FROM webhook_events")}
+    finally:
+        conn.close()
+
+
+def integrity(db_file: Path) -> str:
+    conn = sqlite3.connect(db_file)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+class Writer(threading.Thread):
+    """Queues events one transaction at a time, like the intake route; records each id once
+    its commit returned (what ElevenLabs would have got a 200 for)."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(daemon=True)
+        self.deployment = deployment
+        self.acked: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def snapshot(self) -> set[str]:
+        with self.lock:
+            return set(self.acked)
+
+    def run(self) -> None:
+        try:
+            with self.deployment.db.read() as session:
+                tenant_id = require_tenant(session, DEFAULT_TENANT).id
+            i = 0
+            while not self.stop.is_set():
+                event_id = f"post_call_transcription:conv_{i:06d}"
+                with self.deployment.db.write() as session:
+                    session.add(
+                        WebhookEvent(
+                            tenant_id=tenant_id,
+                            event_id=event_id,
+                            event_type="post_call_transcription",
+                            conversation_id=f"conv_{i:06d}",
+                            # Realistic size, so the snapshot takes a while under writes.
+                            payload="x" * 4000,
+                        )
+                    )
+                with self.lock:
+                    self.acked.append(event_id)
+                i += 1
+        except BaseException as exc:
+            self.error = exc
+
+
+def wait_for(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_backup_under_concurrent_writes_then_restore(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    db_file = deployment.settings.sqlite_path
+    assert db_file is not None
+    writer = Writer(deployment)
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.snapshot()) >= 50)
+        acked_before = writer.snapshot()
+        result = run_cli(deployment, "backup", str(tmp_path / "backups"))
+        assert result.returncode == 0, result.stderr
+        # Writes went on while the backup ran (it must not stop the service).
+        wait_for(lambda: len(writer.snapshot()) > len(acked_before) + 20)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    assert writer.error is None, writer.error
+    acked_total = writer.snapshot()
+
+    backup = Path(result.stdout.strip().splitlines()[-1])
+    assert backup.is_file()
+    assert backup.name.startswith("voxmem-") and backup.name.endswith(".db.gz")
+    checksum_line = Path(f"{backup}.sha256").read_text()
+    assert checksum_line == f"{hashlib.sha256(backup.read_bytes()).hexdigest()}  {backup.name}\n"
+
+    deployment.db.dispose()
+    restored = run_cli(deployment, "restore", str(backup))
+    assert restored.returncode == 0, restored.stderr
+    assert integrity(db_file) == "ok"
+    in_backup = event_ids(db_file)
+    # Every event acknowledged before the backup began is in it; nothing invented.
+    assert acked_before <= in_backup
+    assert in_backup <= acked_total
+    # The replaced database was kept, with everything written after the backup too.
+    previous = [p for p in db_file.parent.iterdir() if ".pre-restore-" in p.name]
+    kept = next(p for p in previous if p.name.endswith("Z"))
+    assert event_ids(kept) == acked_total
+    # The service can use the restored file again.
+    conn = sqlite3.connect(db_file)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def make_backup(deployment: Deployment, dest: Path) -> Path:
+    return create_backup(deployment.settings, dest).path
+
+
+def db_digest(deployment: Deployment) -> str:
+    path = deployment.settings.sqlite_path
+    assert path is not None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_restore_refuses_damaged_or_unverifiable_files(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    deployment.db.dispose()
+    before = db_digest(deployment)
+    backup = make_backup(deployment, tmp_path / "b")
+
+    damaged = bytearray(backup.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    bad = tmp_path / "b" / "voxmem-damaged.db.gz"
+    bad.write_bytes(bytes(damaged))
+    Path(f"{bad}.sha256").write_text(Path(f"{backup}.sha256").read_text())
+    result = run_cli(deployment, "restore", str(bad))
+    assert result.returncode != 0
+    assert "checksum mismatch" in result.stderr
+
+    unchecked = tmp_path / "voxmem-nochecksum.db.gz"
+    unchecked.write_bytes(backup.read_bytes())
+    result = run_cli(deployment, "restore", str(unchecked))
+    assert result.returncode != 0
+    assert "no checksum file" in result.stderr
+
+    # A correct checksum of a file that is not a healthy database: integrity_check stops it.
+    garbage = tmp_path / "voxmem-garbage.db.gz"
+    raw = gzip.decompress(backup.read_bytes())
+    corrupt = bytearray(raw)
+    page = 4096
+    for offset in range(2 * page + 16, min(len(corrupt), 6 * page), 7):
+        corrupt[offset] ^= 0x5A
+    garbage.write_bytes(gzip.compress(bytes(corrupt)))
+    Path(f"{garbage}.sha256").write_text(
+        f"{hashlib.sha256(garbage.read_bytes()).hexdigest()}  {garbage.name}\n"
+    )
+    with pytest.raises(BackupError):
+        restore_backup(deployment.settings, garbage, None)
+
+    # Nothing was replaced by any of the refused restores.
+    assert db_digest(deployment) == before
+    db_dir = deployment.settings.data_dir
+    assert not [p for p in db_dir.iterdir() if ".pre-restore-" in p.name]
+
+
+def test_restore_refuses_backup_the_configured_keys_cannot_read(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    from cryptography.fernet import Fernet
+
+    from db import crypto
+
+    backup = make_backup(deployment, tmp_path / "b")
+    other = make_settings(tmp_path / "other", encryption_keys=Fernet.generate_key().decode())
+    crypto.ensure_key_files(other)
+    with pytest.raises(BackupError, match="cannot decrypt"):
+        restore_backup(other, backup, crypto.load_keyring(other))
+    assert not (tmp_path / "other" / "voxmem.db").exists()
+
+
+def test_restore_refuses_while_the_service_runs(live_server: LiveServer, tmp_path: Path) -> None:
+    deployment = live_server.deployment
+    backup = make_backup(deployment, tmp_path / "b")
+    before = event_ids(deployment.settings.sqlite_path)  # type: ignore[arg-type]
+
+    db_file = deployment.settings.sqlite_path
+    assert db_file is not None
+
+    def service_holds_lock() -> bool:
+        try:
+            with exclusive_service_lock(db_file):
+                return False
+        except BackupError:
+            return True
+
+    # The API's checkpointer takes the lock on its first round (one interval after start).
+    wait_for(service_holds_lock, timeout=15)
+    result = run_cli(deployment, "restore", str(backup))
+    assert result.returncode != 0
+    assert "stop the API and workers" in result.stderr
+    assert event_ids(deployment.settings.sqlite_path) == before  # type: ignore[arg-type]
+    assert not [p for p in deployment.settings.data_dir.iterdir() if "pre-restore" in p.name]
+
+
+def test_retention_and_upload_command(deployment: Deployment, tmp_path: Path) -> None:
+    dest = tmp_path / "backups"
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    old = make_backup(deployment, dest)
+    recent = make_backup(deployment, dest)
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    settings = deployment.settings.model_copy(
+        update={"backup_upload_command": f"cp {{file}} {{sha256}} {uploads}/"}
+    )
+    result = create_backup(settings, dest)
+    assert result.pruned == [old]
+    assert not old.exists() and not Path(f"{old}.sha256").exists()
+    assert recent.exists() and result.path.exists()
+    assert result.uploaded
+    assert (uploads / result.path.name).read_bytes() == result.path.read_bytes()
+    assert (uploads / f"{result.path.name}.sha256").exists()
+
+    failing = deployment.settings.model_copy(update={"backup_upload_command": "false"})
+    with pytest.raises(BackupError, match="upload command exited with 1"):
+        create_backup(failing, dest)

@@ -9,7 +9,7 @@ import structlog
 from fastapi import FastAPI
 
 from api.middleware import RequestContextMiddleware
-from api.routes import health
+from api.routes import health, webhooks
 from api.routes import metrics as metrics_route
 from api.state import AppState
 from db import crypto, metrics, tracing
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            webhooks.close_intake(state)
             if state.checkpointer is not None:
                 state.checkpointer.stop()
             state.db.dispose()
@@ -72,5 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     app.include_router(metrics_route.router)
     return app

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from api.commands import backup, tenants, tokens
+from api.commands import queue as queue_commands
 from db.settings import get_settings
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(queue_commands.app, name="queue")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
 

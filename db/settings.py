@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     signature_tolerance_secs: int = 30 * 60
     signature_future_skew_secs: int = 5 * 60
     keep_audio: bool = False
+    # Tenant webhook secrets are cached per API process for this long (a revoked secret keeps
+    # verifying at most this long; a new tenant is found at once).
+    intake_secret_cache_secs: float = 5.0
+    # Group commit: at most this many webhook events per intake transaction (one fsync each).
+    intake_batch_max: int = 128
+    # A request waits this long for its commit before answering 503 (the sender may retry).
+    intake_commit_timeout_secs: float = 10.0
+    # Bodies larger than this are verified and parsed on a thread, not on the event loop.
+    intake_offload_bytes: int = 256 * 1024
 
     # --- queue ------------------------------------------------------------------------------
     queue_lease_secs: float = 300.0

@@ -41,7 +41,12 @@ def run_worker_process(settings: Settings | None = None) -> None:
                 truncate_bytes=settings.wal_truncate_bytes,
             )
             checkpointer.start()
-    loop = WorkerLoop(settings=settings, db=db, process_next=make_process_next(settings, db))
+    loop = WorkerLoop(settings=settings, db=db, process_next=lambda: False)
+    # The loop owns the worker id and the counters its heartbeat reports; the consumer
+    # claims under that id and updates those counters.
+    loop.process_next = make_process_next(
+        settings, db, worker_id=loop.worker_id, stats=loop.stats
+    )
     loop.install_signal_handlers()
     try:
         loop.run()

@@ -1,18 +1,53 @@
-"""Builds the function a worker process calls on every poll.
-
-Foundation stage: the queue consumer of the post-call intake issue replaces this with claim →
-process → complete. Until then a worker only polls and heartbeats.
-"""
+"""Builds the function a worker process calls on every poll: claim → process → complete/fail."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import structlog
+
+from db import metrics
+from db import queue as q
 from db.engine import Database
 from db.settings import Settings
-from worker.loop import ProcessNext
+from db.types import utcnow
+from worker.loop import ProcessNext, WorkerStats
+from worker.pipeline import Pipeline, Stage
+from worker.stages import default_stages
+
+log = structlog.get_logger("voxmem.worker")
 
 
-def make_process_next(settings: Settings, db: Database) -> ProcessNext:
+def make_process_next(
+    settings: Settings,
+    db: Database,
+    *,
+    worker_id: str,
+    stats: WorkerStats | None = None,
+    stages: Sequence[Stage] | None = None,
+) -> ProcessNext:
+    pipeline = Pipeline(settings, db, default_stages() if stages is None else stages)
+    counters = stats if stats is not None else WorkerStats()
+
     def process_next() -> bool:
-        return False
+        # The claim is its own short transaction: the write lock is never held while a job
+        # runs its slow stages.
+        with db.write() as session:
+            job = q.claim(
+                session, worker_id=worker_id, now=utcnow(), lease_secs=settings.queue_lease_secs
+            )
+        if job is None:
+            return False
+        metrics.observe_claim()
+        counters.current_event_id = job.id
+        try:
+            outcome = pipeline.run(job)
+        finally:
+            counters.current_event_id = None
+        if outcome.status == "completed":
+            counters.processed += 1
+        else:
+            counters.failed += 1
+        return True
 
     return process_next

@@ -1,0 +1,288 @@
+"""Post-call intake internals: tenant secret cache, ordering keys, and the group-commit writer.
+
+Why a single writer thread per API process: SQLite has one write lock. Many request threads
+each running BEGIN IMMEDIATE … COMMIT would contend through SQLite's busy handler, which sleeps
+in 1–100 ms steps and wrecks tail latency. One thread draining a queue commits every waiting
+event in one transaction (group commit: one WAL fsync for the batch under synchronous=FULL),
+then resolves each request's future. A request is acknowledged only after the commit that
+holds its row returned, so an acknowledged event survives a crash or a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.crypto import Keyring
+from db.engine import Database
+from db.models import DEFAULT_TENANT, ConversationBinding, Tenant, WebhookEvent
+from db.settings import Settings
+from db.tenancy import active_webhook_secrets
+from db.types import utcnow
+from memory.identity import normalize_number
+from worker.payload import (
+    INITIATION_FAILURE,
+    Envelope,
+    as_str,
+    claimed_user_ids,
+    customer_number,
+    parse_initiation_failure,
+)
+
+log = structlog.get_logger("voxmem.intake")
+
+
+# --------------------------------------------------------------------------------------------
+# Tenants and their secrets (cached: one DB read per tenant per TTL, not per request)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TenantSecrets:
+    tenant_id: int
+    slug: str
+    secrets: tuple[str, ...]
+
+
+class SecretCache:
+    """Tenant slug → active secrets, for ``ttl`` seconds.
+
+    A revoked secret keeps verifying for at most ``ttl`` seconds in a running API process;
+    a new tenant is found at once (a miss is not cached, but looked up per request).
+    """
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._db = db
+        self._settings = settings
+        self._ttl = settings.intake_secret_cache_secs
+        self._entries: dict[str, tuple[float, TenantSecrets]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, slug: str) -> TenantSecrets | None:
+        """Blocking (DB on a miss): call from a worker thread."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(slug)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        with self._db.read() as session:
+            tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+            if tenant is None:
+                return None
+            found = active_webhook_secrets(session, tenant.id)
+        if slug == DEFAULT_TENANT:
+            # VOXMEM_WEBHOOK_SECRETS always verifies for the default tenant, even before a
+            # re-run of `voxmem migrate` has copied a newly added secret into the database.
+            found = found + [s for s in self._settings.webhook_secret_list if s not in found]
+        entry = TenantSecrets(tenant_id=tenant.id, slug=slug, secrets=tuple(found))
+        with self._lock:
+            self._entries[slug] = (now, entry)
+        return entry
+
+    def cached(self, slug: str) -> TenantSecrets | None:
+        """Non-blocking: a fresh cache entry or None."""
+        with self._lock:
+            hit = self._entries.get(slug)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Ordering keys: events of one customer are processed one at a time
+# --------------------------------------------------------------------------------------------
+def _short(prefix: str, value: str) -> str:
+    if len(value) <= 100:
+        return f"{prefix}:{value}"
+    return f"{prefix}#:{hashlib.sha256(value.encode('utf-8')).hexdigest()[:40]}"
+
+
+@dataclass(frozen=True)
+class OrderingHint:
+    """What intake can tell about the customer without the database; the writer thread
+    upgrades it to the bound user when a conversation-init binding exists."""
+
+    user_key: str | None
+    fallback_key: str | None
+
+
+def ordering_hint(
+    envelope: Envelope, keyring: Keyring, own_numbers: frozenset[str]
+) -> OrderingHint:
+    data = envelope.data
+    ours, external = claimed_user_ids(data)
+    claimed = ours or external
+    user_key = _short("user", claimed) if claimed else None
+    if envelope.type == INITIATION_FAILURE:
+        try:
+            raw_number = parse_initiation_failure(data).customer_number
+        except ValueError:
+            raw_number = None
+    else:
+        raw_number = customer_number(data, own_numbers)
+    number = normalize_number(raw_number) if raw_number else None
+    if number is not None:
+        # The same keyed hash identity uses for caller lookup, shortened; never the number.
+        fallback: str | None = "num:" + keyring.lookup_hash("caller:" + number)[:40]
+    else:
+        conversation_id = as_str(data.get("conversation_id"))
+        fallback = _short("conv", conversation_id) if conversation_id else None
+    return OrderingHint(user_key=user_key, fallback_key=fallback)
+
+
+# --------------------------------------------------------------------------------------------
+# Group-commit writer
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PendingEvent:
+    tenant_id: int
+    event_id: str
+    event_type: str
+    conversation_id: str | None
+    payload: str | None
+    hint: OrderingHint
+    signature_timestamp: int
+    payload_bytes: int
+    trace_context: Mapping[str, Any] | None
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    event_row_id: int | None  # None: a row with this (tenant, event_id) already existed
+
+    @property
+    def duplicate(self) -> bool:
+        return self.event_row_id is None
+
+
+class WriterStoppedError(RuntimeError):
+    pass
+
+
+_STOP = object()
+
+
+class IngestWriter:
+    """A daemon thread that inserts queued events in batches, one transaction per batch."""
+
+    def __init__(self, db: Database, *, batch_max: int) -> None:
+        self._db = db
+        self._batch_max = max(1, batch_max)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="voxmem-ingest", daemon=True)
+        self._stopped = False
+        self._thread.start()
+
+    def submit(self, item: PendingEvent) -> Future[InsertResult]:
+        if self._stopped:
+            raise WriterStoppedError("ingest writer stopped")
+        future: Future[InsertResult] = Future()
+        self._queue.put((item, future))
+        return future
+
+    async def insert(self, item: PendingEvent, *, deadline_secs: float) -> InsertResult:
+        async with asyncio.timeout(deadline_secs):
+            return await asyncio.wrap_future(self.submit(item))
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    # -- thread body ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop_after = False
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop_after = True
+                    break
+                batch.append(nxt)
+            self._write(batch)
+            if stop_after:
+                return
+
+    def _write(self, batch: list[tuple[PendingEvent, Future[InsertResult]]]) -> None:
+        live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            with self._db.write() as session:
+                results = [self._insert_one(session, item) for item, _ in live]
+        except Exception as exc:  # noqa: BLE001 - isolate the bad row, then report per event
+            if len(live) == 1:
+                live[0][1].set_exception(exc)
+                return
+            log.warning("intake.batch_failed_retrying_singly", size=len(live), error=str(exc))
+            for item, fut in live:
+                try:
+                    with self._db.write() as session:
+                        result = self._insert_one(session, item)
+                except Exception as single_exc:  # noqa: BLE001
+                    fut.set_exception(single_exc)
+                else:
+                    fut.set_result(result)
+            return
+        # Only now is every row of the batch durable: acknowledge.
+        for (_, fut), result in zip(live, results, strict=True):
+            fut.set_result(result)
+
+    def _insert_one(self, session: Session, item: PendingEvent) -> InsertResult:
+        ordering_key = item.hint.user_key or item.hint.fallback_key
+        if item.conversation_id:
+            bound = session.execute(
+                select(ConversationBinding.user_id).where(
+                    ConversationBinding.tenant_id == item.tenant_id,
+                    ConversationBinding.conversation_id == item.conversation_id,
+                )
+            ).scalar_one_or_none()
+            if bound is not None:
+                ordering_key = _short("user", bound)
+        now: datetime = utcnow()
+        values: dict[str, Any] = {
+            "tenant_id": item.tenant_id,
+            "event_id": item.event_id,
+            "event_type": item.event_type,
+            "payload": item.payload,
+            "conversation_id": item.conversation_id,
+            "ordering_key": ordering_key,
+            "status": "pending",
+            "retry_count": 0,
+            "max_attempts": item.max_attempts,
+            "run_after": now,
+            "created_at": now,
+            "signature_timestamp": item.signature_timestamp,
+            "payload_bytes": item.payload_bytes,
+            "trace_context": dict(item.trace_context) if item.trace_context else None,
+        }
+        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(WebhookEvent)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
+            .returning(WebhookEvent.id)
+        )
+        row_id = session.execute(stmt).scalar_one_or_none()
+        return InsertResult(event_row_id=row_id)

@@ -1,0 +1,1 @@
+"""Request authentication helpers that do not depend on the database (signatures, body caps)."""

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -106,7 +107,8 @@ class User(Base):
     last_interaction: Mapped[datetime | None] = mapped_column()
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     tier: Mapped[str] = mapped_column(String(16), default="trial", server_default="trial")
-    is_guest: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("1"))
+    # true() renders 1 on SQLite and TRUE on PostgreSQL, which rejects an integer default.
+    is_guest: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Bumped on every memory write; retrieval caches are keyed by it.
     memory_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -292,7 +294,7 @@ class ToolInvocation(Base):
     request_params: Mapped[str] = mapped_column(EncryptedText())
     response_data: Mapped[str | None] = mapped_column(EncryptedText())
     latency_ms: Mapped[int | None] = mapped_column(Integer)
-    success: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("1"))
+    success: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     error_message: Mapped[str | None] = mapped_column(Text)
     timestamp: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -455,7 +457,7 @@ class Entity(Base):
     kind: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(EncryptedText())
     name_hash: Mapped[str] = mapped_column(String(64))
-    mention_count: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    mention_count: Mapped[int] = mapped_column(Integer, default=1, server_default=true())
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -506,7 +508,7 @@ class IssuePattern(Base):
     problem: Mapped[str] = mapped_column(EncryptedText())
     problem_hash: Mapped[str] = mapped_column(String(64))
     resolution: Mapped[str | None] = mapped_column(EncryptedText())
-    usage_count: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    usage_count: Mapped[int] = mapped_column(Integer, default=1, server_default=true())
     success_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "elevenlabs" / "fixtures"
 
+# The embedded PostgreSQL server and the sqlite/postgres parametrised fixtures (tests/pg.py).
+pytest_plugins = ["tests.pg"]
+
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {

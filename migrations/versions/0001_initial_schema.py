@@ -108,7 +108,7 @@ def upgrade() -> None:
         ),
         sa.Column("tier", sa.String(length=16), server_default="trial", nullable=False),
         sa.Column(
-            "is_guest", sa.Boolean(), server_default=sa.text("1"), nullable=False
+            "is_guest", sa.Boolean(), server_default=sa.true(), nullable=False
         ),
         sa.Column(
             "memory_version", sa.Integer(), server_default=sa.text("0"), nullable=False
@@ -611,7 +611,7 @@ def upgrade() -> None:
         sa.Column("request_params", sa.Text(), nullable=False),
         sa.Column("response_data", sa.Text(), nullable=True),
         sa.Column("latency_ms", sa.Integer(), nullable=True),
-        sa.Column("success", sa.Boolean(), server_default=sa.text("1"), nullable=False),
+        sa.Column("success", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

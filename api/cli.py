@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from api.commands import backup, tenants, tokens
+from api.commands import backup, keys, tenants, tokens
 from api.commands import queue as queue_commands
 from db.settings import get_settings
 
@@ -28,6 +28,7 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(queue_commands.app, name="queue")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
+app.add_typer(keys.app, name="keys")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

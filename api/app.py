@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
+from api import search
+from api.background import EXTRA_KEY as BACKGROUND_WRITER
+from api.background import BackgroundWriter
 from api.middleware import RequestContextMiddleware
+from api.routes import admin as admin_routes
 from api.routes import health, webhooks
+from api.routes import init as init_routes
 from api.routes import metrics as metrics_route
+from api.routes import tools as tool_routes
 from api.state import AppState
 from db import crypto, metrics, tracing
 from db.checkpoint import Checkpointer, mitigation_in_force
@@ -49,6 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracing.init_tracing(settings, "voxmem-api")
         state = build_state(settings)
         app.state.voxmem = state
+        # Agent endpoints: tool logs and token last_used_at are written off the hot path.
+        writer = BackgroundWriter(state.db)
+        writer.start()
+        state.extras[BACKGROUND_WRITER] = writer
+        threading.Thread(target=search.warm_up, args=(state,), daemon=True).start()
         log.info(
             "api.started",
             database=state.db.dialect,
@@ -58,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            writer.stop()
             webhooks.close_intake(state)
             if state.checkpointer is not None:
                 state.checkpointer.stop()
@@ -74,5 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    # Agent-facing endpoints and the admin API; every path is also served per tenant under
+    # /t/{tenant}/… (kept out of the schema to avoid listing each route twice).
+    for router in (init_routes.router, tool_routes.router, admin_routes.router):
+        app.include_router(router)
+        app.include_router(router, prefix="/t/{tenant}", include_in_schema=False)
     app.include_router(metrics_route.router)
     return app

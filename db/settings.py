@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     tool_summary_budget_ms: int = 400
     tool_rate_limit: str = "600/minute"
     own_numbers: str = ""
+    # Agent endpoints (issue 5): `llm` summarises tool results with the configured chat model
+    # inside tool_summary_budget_ms, falling back to the extractive summary.
+    tool_summary_mode: Literal["extractive", "llm"] = "extractive"
+    # The agent's LLM rereads every tool result on each turn: keep the body small.
+    tool_response_max_bytes: int = 2048
+    # slowapi/limits storage; memory:// is per process, redis://… shares limits across workers.
+    rate_limit_storage_uri: str = "memory://"
 
     # --- retrieval (seed 001's composite plus a lexical term; tuned on the LoCoMo dev split) -
     w_similarity: float = 0.6

@@ -85,18 +85,19 @@ def memory_digest(
     for order in (Memory.salience.desc(), Memory.recency.desc()):
         for mid, sector, salience, recency in session.execute(
             select(*cols).where(*active).order_by(order).limit(CANDIDATES)
-        ).tuples():
+        ):
             rows[mid] = _Candidate(mid, sector, float(salience), recency)
     if not rows:
         return ""
     ranked = sorted(
         rows.values(), key=lambda c: rank_score(c.sector, c.salience, c.recency, now), reverse=True
     )[:12]
-    contents = dict(
-        session.execute(
+    contents: dict[int, str] = {
+        mid: text
+        for mid, text in session.execute(
             select(Memory.id, Memory.content).where(Memory.id.in_([c.id for c in ranked]))
-        ).tuples()
-    )
+        )
+    }
     parts: list[str] = []
     used = 0
     seen: set[str] = set()
@@ -124,7 +125,7 @@ def recent_topics(session: Session, user_id: str, *, limit: int = 3) -> str:
         .where(SessionInteraction.user_id == user_id)
         .order_by(SessionInteraction.occurred_at.desc())
         .limit(limit * 2)
-    ).tuples():
+    ):
         _add_topic(topics, topic)
     if len(topics) < limit:
         for (title,) in session.execute(
@@ -133,7 +134,7 @@ def recent_topics(session: Session, user_id: str, *, limit: int = 3) -> str:
             .where(Conversation.user_id == user_id)
             .order_by(Conversation.start_time.desc())
             .limit(limit * 2)
-        ).tuples():
+        ):
             _add_topic(topics, title)
     return ", ".join(topics[:limit])
 

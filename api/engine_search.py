@@ -1,0 +1,78 @@
+"""The memory engine behind :class:`api.search.MemorySearch`: ``memory.retrieval``.
+
+Kept apart from ``api.search`` so that the protocol has no import-time dependency on the
+engine (ONNX runtime, numpy); tests that exercise the HTTP layer alone can inject their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from api.search import SearchHit, SearchUnavailable
+from db.models import User
+from db.settings import Settings
+from memory.embedders import EmbedderError, get_embedder
+from memory.retrieval import MemoryRetriever
+from memory.scoring import Weights
+
+
+def weights_from(settings: Settings) -> Weights:
+    return Weights(
+        similarity=settings.w_similarity,
+        salience=settings.w_salience,
+        recency=settings.w_recency,
+        link=settings.w_link,
+        lexical=settings.w_lexical,
+    )
+
+
+class EngineSearch:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._retriever: MemoryRetriever | None = None
+
+    def retriever(self) -> MemoryRetriever:
+        if self._retriever is None:
+            try:
+                embedder = get_embedder(self.settings)
+            except (EmbedderError, OSError, ValueError) as exc:
+                raise SearchUnavailable(f"embedder unavailable: {exc}") from exc
+            self._retriever = MemoryRetriever(embedder, weights=weights_from(self.settings))
+        return self._retriever
+
+    def warm_up(self) -> None:
+        """Load the model and run one embedding so the first caller does not pay for it."""
+        self.retriever().embedder.embed(["warm up"])
+
+    def search(
+        self,
+        session: Session,
+        user: User,
+        query: str,
+        *,
+        limit: int,
+        sectors: Sequence[str] | None,
+        include_sources: bool,
+    ) -> list[SearchHit]:
+        try:
+            found = self.retriever().search(
+                session, user.user_id, query, limit=limit, sectors=sectors
+            )
+        except EmbedderError as exc:
+            raise SearchUnavailable(f"embedding failed: {exc}") from exc
+        epoch = datetime.fromtimestamp(0, tz=UTC)
+        return [
+            SearchHit(
+                memory_id=m.id,
+                content=m.content,
+                sector=m.sector,
+                salience=m.salience,
+                score=m.score,
+                timestamp=m.created_at or epoch,
+                sources=m.sources if include_sources else [],
+            )
+            for m in found
+        ]

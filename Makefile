@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint typecheck pytest bench clean
+.PHONY: help install run test lint typecheck pytest bench clean tools
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,7 +26,10 @@ lint: install ## ruff
 typecheck: install ## mypy --strict on our packages
 	$(BIN)/mypy api worker memory db
 
-pytest: install ## the test suite only
+tools: ## test tools that are not Python packages (promtool, for the alert-rule tests)
+	./ops/install-promtool.sh
+
+pytest: install tools ## the test suite only
 	$(BIN)/pytest
 
 test: install lint typecheck pytest ## everything CI runs

@@ -110,6 +110,20 @@ class Settings(BaseSettings):
     link_top_k: int = 5
     link_threshold: float = 0.8
 
+    # --- memory engine (memory/): consolidation, expansion, embedder runtime ----------------
+    # Cosine thresholds are for the local MiniLM embedder (paraphrase ~0.6-0.8, restatement
+    # ~0.9+); an OpenAI embedder needs its own values.
+    memory_duplicate_threshold: float = 0.90
+    memory_within_call_threshold: float = 0.88
+    memory_echo_threshold: float = 0.80
+    memory_update_threshold: float = 0.50
+    # Single-hop expansion: top-N neighbours per hit, scored at hit x link weight x factor.
+    memory_expand: bool = True
+    memory_expand_per_hit: int = 2
+    memory_expansion_factor: float = 0.9
+    memory_index_cache_users: int = 256
+    embedder_threads: int = 1
+
     # --- operations: metrics, backups, key rotation (issue 6) --------------------------------
     # prometheus-client multiprocess directory shared by API and workers (PROMETHEUS_MULTIPROC_DIR
     # wins when set); default <data_dir>/metrics.

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from db import tracing
+from db.metrics import time_query_stage
 from memory.lexical import BM25, doc_terms, normalise
 from memory.scoring import DEFAULT_WEIGHTS, Weights, composite_scores, decay_rate, recency_scores
 from memory.types import SECTORS
@@ -134,19 +136,21 @@ class UserIndex:
         top = top[np.lexsort((self.ids[top], -score[top]))]
         best: dict[int, tuple[float, int | None]] = {int(r): (float(score[r]), None) for r in top}
         if expand:
-            for r in top.tolist():
-                parent = float(score[r])
-                taken = 0
-                for nrow, w in self.neighbours.get(r, []):
-                    if taken >= expand_per_hit:
-                        break
-                    if not mask[nrow]:
-                        continue
-                    taken += 1
-                    boosted = max(float(score[nrow]), parent * w * weights.expansion)
-                    current = best.get(nrow)
-                    if current is None or boosted > current[0]:
-                        best[nrow] = (boosted, r if boosted > float(score[nrow]) else None)
+            # A sub-stage of "search" in the metrics and traces (db/metrics.py).
+            with time_query_stage("expand"), tracing.span("memory_query.expand"):
+                for r in top.tolist():
+                    parent = float(score[r])
+                    taken = 0
+                    for nrow, w in self.neighbours.get(r, []):
+                        if taken >= expand_per_hit:
+                            break
+                        if not mask[nrow]:
+                            continue
+                        taken += 1
+                        boosted = max(float(score[nrow]), parent * w * weights.expansion)
+                        current = best.get(nrow)
+                        if current is None or boosted > current[0]:
+                            best[nrow] = (boosted, r if boosted > float(score[nrow]) else None)
         ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], int(self.ids[kv[0]])))[:limit]
         return [
             Hit(
@@ -241,6 +245,12 @@ class IndexCache:
                 return
             self._items[key] = index
             self._items.move_to_end(key)
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+
+    def resize(self, max_users: int) -> None:
+        with self._lock:
+            self._max = max(1, max_users)
             while len(self._items) > self._max:
                 self._items.popitem(last=False)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from db import metrics
 from memory.embedders.base import EmbedderError, Vectors, empty, l2_normalise
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class LocalEmbedder:
     dim = DIM
 
     def __init__(self, threads: int = 1) -> None:
+        # Only the first load in a process uses it (the session is a process-wide singleton).
         self._threads = threads
 
     def warm_up(self) -> None:
@@ -132,6 +134,10 @@ class LocalEmbedder:
     def embed(self, texts: list[str]) -> Vectors:
         if not texts:
             return empty(self.dim)
+        with metrics.time_embedding("local"):
+            return self._embed(texts)
+
+    def _embed(self, texts: list[str]) -> Vectors:
         loaded = _get_loaded(self._threads)
         # Sort by length so each chunk pads to similar lengths, then restore the input order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -28,7 +28,12 @@ def live() -> dict[str, str]:
 def ready(state: StateDep) -> JSONResponse:
     try:
         ping(state.db)
-        migrated = is_migrated(state.db.read_engine, state.settings)
+        # Once at head, a running process stays at head (migrations run before deploys), so
+        # the probe skips re-reading Alembic's script directory on every call.
+        migrated = bool(state.extras.get("schema_at_head")) or is_migrated(
+            state.db.read_engine, state.settings
+        )
+        state.extras["schema_at_head"] = migrated
     except Exception as exc:  # noqa: BLE001 - any failure means not ready, with the reason
         return JSONResponse({"status": "not_ready", "reason": str(exc)[:200]}, status_code=503)
     if not migrated:

@@ -33,7 +33,7 @@ from api.deps import StateDep
 from api.routes.init import own_number_set
 from api.search import SearchHit, SearchUnavailable, get_search
 from api.state import AppState
-from db import metrics
+from db import metrics, tracing
 from db.models import Conversation, ToolInvocation, User
 from db.settings import Settings
 from db.tenancy import TokenIdentity
@@ -240,6 +240,7 @@ def llm_summary(settings: Settings, query: str, hits: Sequence[SearchHit]) -> st
     if not settings.openai_api_key and not settings.openai_base_url:
         return None
     budget = max(0.05, settings.tool_summary_budget_ms / 1000)
+    called = time.perf_counter()
     try:
         from openai import OpenAI
 
@@ -263,10 +264,21 @@ def llm_summary(settings: Settings, query: str, hits: Sequence[SearchHit]) -> st
                 {"role": "user", "content": f"Question: {query}\nFacts:\n{facts}"},
             ],
         )
+        usage = reply.usage
+        metrics.observe_llm_call(
+            "chat",
+            settings.llm_model,
+            "ok",
+            time.perf_counter() - called,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+        )
         text = (reply.choices[0].message.content or "").strip()
         return clip(" ".join(text.split()), 300) or None
     except Exception as exc:  # noqa: BLE001 - any failure falls back to extractive
         log.warning("tool.llm_summary_failed", error=str(exc)[:200])
+        metrics.observe_llm_call("chat", settings.llm_model, "error", time.perf_counter() - called)
+        metrics.observe_llm_fallback("summary", type(exc).__name__)
         return None
 
 
@@ -303,7 +315,7 @@ def build_response(
 def log_invocation(
     state: AppState,
     identity: TokenIdentity,
-    user: User | None,
+    user_id: str | None,
     body: MemoryQueryRequest,
     response: dict[str, Any],
     latency_ms: int,
@@ -313,7 +325,6 @@ def log_invocation(
     if writer is None:
         return
     tenant_id, conversation_id = identity.tenant_id, body.conversation_id
-    user_id = user.user_id if user else None
     params = body.model_dump_json(exclude_none=True)
     data = json.dumps(response, separators=(",", ":"))
 
@@ -368,7 +379,7 @@ def memory_query(
 ) -> JSONResponse:
     started = time.perf_counter()
     settings = state.settings
-    user: User | None = None
+    user_id: str | None = None
     via = "none"
     error: str | None = None
     hits: list[SearchHit] = []
@@ -379,6 +390,8 @@ def memory_query(
                 session, identity.tenant_id, body, own_number_set(settings)
             )
             if user is not None:
+                # Captured now: a failed search rolls the read session back, expiring `user`.
+                user_id = user.user_id
                 hits = get_search(state).search(
                     session,
                     user,
@@ -391,9 +404,10 @@ def memory_query(
         error, summary = str(exc)[:200], UNAVAILABLE_SUMMARY
         log.error("tool.search_unavailable", error=error)
     if hits:
-        summary = extractive_summary(hits)
-        if settings.tool_summary_mode == "llm":
-            summary = llm_summary(settings, body.query, hits) or summary
+        with metrics.time_query_stage("summarise"), tracing.span("memory_query.summarise"):
+            summary = extractive_summary(hits)
+            if settings.tool_summary_mode == "llm":
+                summary = llm_summary(settings, body.query, hits) or summary
     response = build_response(
         summary, hits, body.include_sources, started, settings.tool_response_max_bytes
     )
@@ -406,5 +420,5 @@ def memory_query(
     )
     status = "error" if error else ("ok" if hits else "empty")
     metrics.observe_memory_query(time.perf_counter() - started, status)
-    log_invocation(state, identity, user, body, response, response["query_time_ms"], error)
+    log_invocation(state, identity, user_id, body, response, response["query_time_ms"], error)
     return JSONResponse(response)

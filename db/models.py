@@ -534,3 +534,10 @@ class IssueOccurrence(Base):
     )
     resolved: Mapped[bool | None] = mapped_column(Boolean)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Keep memory_embeddings.embedding_vec (PostgreSQL only, migration 0002) in step with every ORM
+# write of an embedding. At the bottom: db.vectors imports the models above.
+from db.vectors import register_events  # noqa: E402
+
+register_events()

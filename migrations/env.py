@@ -8,6 +8,7 @@ from sqlalchemy import Connection
 from db.engine import make_engine
 from db.models import Base
 from db.settings import get_settings
+from db.vectors import include_object
 
 config = context.config
 target_metadata = Base.metadata
@@ -20,6 +21,8 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things in place; batch mode rebuilds the table.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # The pgvector column and indexes are PostgreSQL-only and not in the ORM metadata.
+        include_object=include_object,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from api.commands import backup, keys, tenants, tokens
+from api.commands import backup, keys, tenants, tokens, users
 from api.commands import queue as queue_commands
 from db.settings import get_settings
 
@@ -29,6 +29,7 @@ app.add_typer(queue_commands.app, name="queue")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
 app.add_typer(keys.app, name="keys")
+app.add_typer(users.app, name="users")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

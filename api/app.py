@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.configure_process()
-        tracing.init_tracing(settings, "voxmem-api")
+        # Shut down at exit only what this lifespan installed (a test may have its own).
+        owns_tracing = not tracing.enabled() and tracing.init_tracing(settings, "voxmem-api")
         state = build_state(settings)
         app.state.voxmem = state
         # Agent endpoints: tool logs and token last_used_at are written off the hot path.
@@ -75,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.checkpointer is not None:
                 state.checkpointer.stop()
             state.db.dispose()
-            tracing.shutdown_tracing()
+            if owns_tracing:
+                tracing.shutdown_tracing()
             log.info("api.stopped")
 
     app = FastAPI(

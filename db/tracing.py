@@ -101,12 +101,13 @@ def span(
     parent: Mapping[str, str] | Context | None = None,
     attributes: Mapping[str, str | int | float | bool] | None = None,
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    start_time_ns: int | None = None,
 ) -> AbstractContextManager[Span | None]:
     """``with span("intake.verify"): ...`` — a child of the current span, or of ``parent``
     (a carrier dict from ``carrier()`` or an OTel context). A no-op when tracing is off."""
     if not _enabled:
         return _NOOP
-    return _recording_span(name, parent, attributes, kind)
+    return _recording_span(name, parent, attributes, kind, start_time_ns)
 
 
 @contextmanager
@@ -115,12 +116,17 @@ def _recording_span(
     parent: Mapping[str, str] | Context | None,
     attributes: Mapping[str, str | int | float | bool] | None,
     kind: trace.SpanKind,
+    start_time_ns: int | None,
 ) -> Iterator[Span | None]:
     assert _tracer is not None  # noqa: S101 - set together with _enabled
     # Context is itself a dict, so test for it first.
     context = parent if parent is None or isinstance(parent, Context) else extract(parent)
     with _tracer.start_as_current_span(
-        name, context=context, kind=kind, attributes=dict(attributes or {})
+        name,
+        context=context,
+        kind=kind,
+        attributes=dict(attributes or {}),
+        start_time=start_time_ns,
     ) as current:
         yield current
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from db import tracing
+from db.metrics import time_query_stage
 from memory.embedders import Embedder
 from memory.index import UserIndex
 from memory.loader import get_index
@@ -63,19 +65,21 @@ class MemoryRetriever:
         index = self.index(session, user_id)
         if len(index) == 0 or not query.strip():
             return []
-        vector = self.embedder.embed([query])[0]
+        with time_query_stage("embed"), tracing.span("memory_query.embed"):
+            vector = self.embedder.embed([query])[0]
         now = now or datetime.now(UTC)
-        hits = index.search(
-            vector,
-            query,
-            now_epoch=now.timestamp(),
-            limit=limit,
-            weights=self.weights,
-            sectors=sectors,
-            states=states,
-            expand=self.expand,
-            expand_per_hit=self.expand_per_hit,
-        )
+        with time_query_stage("search"), tracing.span("memory_query.search"):
+            hits = index.search(
+                vector,
+                query,
+                now_epoch=now.timestamp(),
+                limit=limit,
+                weights=self.weights,
+                sectors=sectors,
+                states=states,
+                expand=self.expand,
+                expand_per_hit=self.expand_per_hit,
+            )
         out = []
         for h in hits:
             m = index.memories[index.row_of[h.memory_id]]

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from db.metrics import exported_metric_names
-from tests.conftest import REPO
+from tests.conftest import REPO, Deployment
 
 OPS = REPO / "ops"
 PROMETHEUS = OPS / "prometheus"
@@ -150,3 +151,38 @@ def test_monitoring_profile_is_wired_to_these_files() -> None:
             source = volume.split(":", 1)[0]
             if source.startswith("./"):
                 assert (REPO / source).exists(), (name, source)
+
+
+def load_test_helpers() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("voxload", OPS / "locust" / "voxload.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_test_requests_are_accepted_by_the_service(
+    deployment: Deployment, client: TestClient
+) -> None:
+    """What ops/locust sends is what the service accepts: signed webhooks, tool queries."""
+    voxload = load_test_helpers()
+    for caller in (1, 2):
+        body = voxload.post_call_body(caller)
+        response = client.post(
+            "/webhook/post-call",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "ElevenLabs-Signature": voxload.signature_header(deployment.webhook_secret, body),
+            },
+        )
+        assert response.status_code == 200 and response.json() == {"status": "accepted"}
+    query = client.post(
+        "/tools/memory-query", json=voxload.memory_query_body(1), headers=deployment.auth("tool")
+    )
+    assert query.status_code == 200
+    assert "memories" in query.json()
+    # The locustfile itself at least compiles (locust is not a test dependency).
+    compile((OPS / "locust" / "locustfile.py").read_text(), "locustfile.py", "exec")

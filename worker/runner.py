@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import structlog
 
-from db import metrics
+from db import metrics, tracing
 from db import queue as q
 from db.engine import Database
 from db.settings import Settings
@@ -32,12 +33,21 @@ def make_process_next(
     def process_next() -> bool:
         # The claim is its own short transaction: the write lock is never held while a job
         # runs its slow stages.
+        claim_started = time.time_ns()
         with db.write() as session:
             job = q.claim(
                 session, worker_id=worker_id, now=utcnow(), lease_secs=settings.queue_lease_secs
             )
         if job is None:
             return False
+        # Recorded once the event (and so its trace) is known; idle polls make no spans.
+        with tracing.span(
+            "queue.claim",
+            parent=job.trace_context,
+            attributes={"event.id": job.id},
+            start_time_ns=claim_started,
+        ):
+            pass
         metrics.observe_claim()
         counters.current_event_id = job.id
         try:

@@ -40,6 +40,7 @@ from api.security.signatures import (
     verify_signature,
 )
 from api.state import AppState
+from db import tracing
 from db.metrics import observe_webhook
 from db.models import DEFAULT_TENANT
 from db.tenancy import SLUG_RE
@@ -149,12 +150,13 @@ async def _intake(request: Request, state: StateDep, slug: str) -> Response:
 
     signature = _header(request, _SIGNATURE_HEADER)
     try:
-        if len(body) > settings.intake_offload_bytes:
-            envelope, verified = await run_in_threadpool(
-                _verify_and_parse, body, signature, tenant, state
-            )
-        else:
-            envelope, verified = _verify_and_parse(body, signature, tenant, state)
+        with tracing.span("intake.verify", attributes={"http.request.body.size": len(body)}):
+            if len(body) > settings.intake_offload_bytes:
+                envelope, verified = await run_in_threadpool(
+                    _verify_and_parse, body, signature, tenant, state
+                )
+            else:
+                envelope, verified = _verify_and_parse(body, signature, tenant, state)
     except NoSecretConfiguredError:
         log.error("webhook.no_secret", tenant=slug)
         return _reject(503, f"no webhook secret configured for tenant {slug!r}", "no_secret")
@@ -181,8 +183,10 @@ async def _intake(request: Request, state: StateDep, slug: str) -> Response:
         )
         return IGNORED
 
-    trace: dict[str, Any] = {}
-    for name in _TRACE_HEADERS:
+    # With tracing on, the current (request) span's context travels with the event, so the
+    # worker's spans join this trace; otherwise a sender's own traceparent is kept as is.
+    trace: dict[str, Any] = dict(tracing.carrier() or {})
+    for name in _TRACE_HEADERS if not trace else ():
         value = _header(request, name)
         if value:
             trace[name.decode()] = value[:512]
@@ -202,9 +206,10 @@ async def _intake(request: Request, state: StateDep, slug: str) -> Response:
         max_attempts=settings.queue_max_attempts,
     )
     try:
-        result = await runtime.writer.insert(
-            item, deadline_secs=settings.intake_commit_timeout_secs
-        )
+        with tracing.span("intake.insert", attributes={"event.type": envelope.type}):
+            result = await runtime.writer.insert(
+                item, deadline_secs=settings.intake_commit_timeout_secs
+            )
     except TimeoutError:
         log.error("webhook.commit_timeout", tenant=slug, event_id=item.event_id)
         return _reject(503, "could not persist the event in time; retry", "commit_timeout")

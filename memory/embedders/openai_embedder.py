@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from db import metrics
 from memory.embedders.base import EmbedderError, Vectors, empty, l2_normalise
 
 if TYPE_CHECKING:
@@ -53,11 +55,24 @@ class OpenAIEmbedder:
         for start in range(0, len(texts), BATCH_SIZE):
             # The API rejects empty strings; a single space embeds to a harmless vector.
             batch = [t if t.strip() else " " for t in texts[start : start + BATCH_SIZE]]
+            started = time.perf_counter()
             try:
-                response = self._client.embeddings.create(model=self.model, input=batch)
+                with metrics.time_embedding("openai"):
+                    response = self._client.embeddings.create(model=self.model, input=batch)
             # The client raises many types; every one means "no vectors".
             except Exception as exc:
+                metrics.observe_llm_call(
+                    "embeddings", self.model, "error", time.perf_counter() - started
+                )
                 raise EmbedderError(f"embedding request failed: {exc}") from exc
+            usage = getattr(response, "usage", None)
+            metrics.observe_llm_call(
+                "embeddings",
+                self.model,
+                "ok",
+                time.perf_counter() - started,
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            )
             ordered = sorted(response.data, key=lambda d: d.index)
             rows.extend(list(d.embedding) for d in ordered)
         matrix = np.asarray(rows, dtype=np.float32)

@@ -13,6 +13,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from db import metrics, tracing
 from memory.extractors.local import LocalExtractor
 from memory.extractors.text import format_date
 from memory.types import SECTORS, CallForExtraction, CandidateMemory, ExtractionResult
@@ -167,7 +168,30 @@ class LLMExtractor:
         self._fallback = fallback or LocalExtractor()
 
     def _attempt(self, call: CallForExtraction) -> tuple[list[CandidateMemory], int, int]:
-        response = self._client.chat.completions.create(
+        started = time.perf_counter()
+        try:
+            response = self._create(call)
+        except Exception:
+            metrics.observe_llm_call("chat", self.model, "error", time.perf_counter() - started)
+            raise
+        usage = response.usage
+        prompt = int(usage.prompt_tokens) if usage else 0
+        completion = int(usage.completion_tokens) if usage else 0
+        metrics.observe_llm_call(
+            "chat",
+            self.model,
+            "ok",
+            time.perf_counter() - started,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+        )
+        if not response.choices:
+            raise LLMExtractionError("no choices")
+        content = response.choices[0].message.content or ""
+        return parse_memories(content, call), prompt, completion
+
+    def _create(self, call: CallForExtraction) -> Any:
+        return self._client.chat.completions.create(
             model=self.model,
             messages=[
                 {"role": "system", "content": SYSTEM_PROMPT},
@@ -180,15 +204,12 @@ class LLMExtractor:
             temperature=0,
             timeout=self.timeout_secs,
         )
-        usage = response.usage
-        prompt = int(usage.prompt_tokens) if usage else 0
-        completion = int(usage.completion_tokens) if usage else 0
-        if not response.choices:
-            raise LLMExtractionError("no choices")
-        content = response.choices[0].message.content or ""
-        return parse_memories(content, call), prompt, completion
 
     def extract(self, call: CallForExtraction) -> ExtractionResult:
+        with metrics.time_extraction(NAME), tracing.span("extract.llm"):
+            return self._extract(call)
+
+    def _extract(self, call: CallForExtraction) -> ExtractionResult:
         started = time.perf_counter()
         prompt_tokens = completion_tokens = 0
         last_error = "unknown"
@@ -214,6 +235,7 @@ class LLMExtractor:
                 attempts=attempts,
                 duration_ms=(time.perf_counter() - started) * 1000.0,
             )
+        metrics.observe_llm_fallback("extractor", last_error.split(":", 1)[0])
         result = self._fallback.extract(call)
         result.extractor = f"{NAME}->local"
         result.model = self.model

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.models import WebhookEvent
@@ -136,7 +136,10 @@ def claim(session: Session, *, worker_id: str, now: datetime, lease_secs: float)
     """
     token = secrets.token_hex(16)
     lease_until = now + timedelta(seconds=lease_secs)
-    row = session.execute(_claim_statement(now, lease_until, token, worker_id)).first()
+    if session.get_bind().dialect.name == "postgresql":
+        row = _claim_row_postgresql(session, now, lease_until, token, worker_id)
+    else:
+        row = session.execute(_claim_statement(now, lease_until, token, worker_id)).first()
     if row is None:
         return None
     job = Job(
@@ -175,6 +178,49 @@ def claim(session: Session, *, worker_id: str, now: datetime, lease_secs: float)
     return job
 
 
+# A claim that lost an ordering-key race retries at once (the next pick skips that key).
+PG_CLAIM_ATTEMPTS = 3
+
+
+def _claim_row_postgresql(
+    session: Session, now: datetime, lease_until: datetime, token: str, worker_id: str
+) -> Any:
+    """The same claim statement, plus what BEGIN IMMEDIATE gives SQLite for free.
+
+    SKIP LOCKED alone keeps two claimers off one row, but under READ COMMITTED two claimers
+    running at once can each see the other's ordering key as free (neither sees the other's
+    uncommitted lease) and lease two events of one key. So, when the claimed event has a key:
+    take a transaction-scoped advisory lock on the key (a concurrent claimer of the same key
+    waits here until the other commits), then re-check with a fresh snapshot; on conflict roll
+    back to the savepoint and pick again. Claims of different keys never wait for each other.
+    """
+    other = aliased(WebhookEvent, name="other")
+    for _ in range(PG_CLAIM_ATTEMPTS):
+        savepoint = session.begin_nested()
+        row = session.execute(_claim_statement(now, lease_until, token, worker_id)).first()
+        if row is None or row.ordering_key is None:
+            savepoint.commit()
+            return row
+        session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(row.ordering_key, 0)))
+        )
+        busy = session.execute(
+            select(
+                exists().where(
+                    other.ordering_key == row.ordering_key,
+                    other.status == "processing",
+                    other.locked_until >= now,
+                    other.id != row.id,
+                )
+            )
+        ).scalar()
+        if not busy:
+            savepoint.commit()
+            return row
+        savepoint.rollback()
+    return None
+
+
 def _fenced(job_id: int, token: str) -> Any:
     return and_(
         WebhookEvent.id == job_id,
@@ -207,7 +253,11 @@ def assert_lease(session: Session, job: Job, *, now: datetime) -> None:
     Under BEGIN IMMEDIATE nobody can take it over between this check and the commit.
     """
     holder = session.execute(
-        select(WebhookEvent.locked_until).where(_fenced(job.id, job.lease_token))
+        select(WebhookEvent.locked_until)
+        .where(_fenced(job.id, job.lease_token))
+        # PostgreSQL: lock the row so no claimer can take the lease over before our commit
+        # (SQLite renders nothing; BEGIN IMMEDIATE already excludes other writers).
+        .with_for_update()
     ).scalar_one_or_none()
     if holder is None or holder < now:
         raise LeaseLostError(f"event {job.id}: lease lost or expired before completion")

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics.configure_process()
+        metrics.configure_process(settings)
         # Shut down at exit only what this lifespan installed (a test may have its own).
         owns_tracing = not tracing.enabled() and tracing.init_tracing(settings, "voxmem-api")
         state = build_state(settings)

@@ -79,9 +79,8 @@ _multiproc_dir: Path | None = None
 
 
 def multiproc_dir_for(settings: Settings) -> Path:
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env)
+    if settings.prometheus_multiproc_dir:
+        return settings.prometheus_multiproc_dir
     return settings.metrics_dir or settings.data_dir / "metrics"
 
 
@@ -95,30 +94,35 @@ def prepare_multiproc_dir(settings: Settings, *, wipe: bool) -> Path:
     if wipe and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    # prometheus-client and every child process (whose Settings read it) find it here.
     os.environ[ENV_DIR] = str(path)
-    configure_process()
+    _configure(path)
     return path
 
 
-def configure_process() -> None:
+def configure_process(settings: Settings) -> None:
     """Switch this process to multiprocess storage when ``PROMETHEUS_MULTIPROC_DIR`` is set.
 
     Idempotent; must run before the first metric is recorded (process entry points call it).
     A process without the variable (tests, one-off CLI commands) keeps in-memory metrics.
     """
+    if settings.prometheus_multiproc_dir is not None:
+        _configure(settings.prometheus_multiproc_dir)
+
+
+def _configure(path: Path) -> None:
     global _multiproc_dir
-    env = os.environ.get(ENV_DIR)
     with _lock:
-        if not env or _multiproc_dir is not None:
+        if _multiproc_dir is not None:
             return
         if _metrics is not None:
             # Too late to switch storage; samples so far would be lost, so keep in-memory.
             return
-        Path(env).mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
             process_identifier=_process_identifier
         )
-        _multiproc_dir = Path(env)
+        _multiproc_dir = path
 
 
 def multiprocess_enabled() -> bool:
@@ -258,7 +262,7 @@ def _build() -> _Metrics:
 def metrics() -> _Metrics:
     global _metrics
     if _metrics is None:
-        configure_process()
+        # Entry points (API lifespan, worker start) call configure_process first.
         with _lock:
             if _metrics is None:
                 _metrics = _build()

@@ -55,6 +55,19 @@ class Settings(BaseSettings):
     embedding_model: str = "text-embedding-3-small"
     llm_timeout_secs: float = 20.0
     llm_max_retries: int = 2
+    # Library protocol variables, read here so no other module reads the environment.
+    otel_sdk_disabled: bool = Field(
+        default=False, validation_alias=AliasChoices("OTEL_SDK_DISABLED")
+    )
+    otel_service_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_SERVICE_NAME")
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR")
+    )
     otel_exporter_otlp_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
     )
@@ -133,6 +146,30 @@ class Settings(BaseSettings):
     # replaced; without {file} the path is appended). Empty: keep backups local only.
     backup_upload_command: str = ""
     key_rotation_batch_size: int = 500
+
+    # --- sister systems (issue 7): session memory, profiles, patterns, reflection ------------
+    # Session memory (seed 000 story 5.1.1): last N calls per user, TTL by users.tier, counted
+    # from when the call was recorded.
+    session_size: int = 10
+    session_ttl_trial_days: float = 7.0
+    session_ttl_paid_days: float = 30.0
+    # Tiers that get the paid TTL; every other tier (trial, guests) gets the trial one.
+    session_paid_tiers: str = "paid,premium,pro,enterprise"
+    # Profile enrichment (story 5.1.2) from this many calls on; `auto` uses the LLM when an
+    # OpenAI-compatible endpoint is configured and heuristics otherwise.
+    profile_enrichment_calls: int = 3
+    profile_enrichment: Literal["auto", "heuristic", "llm"] = "auto"
+    # Issue patterns (seed 002): cosine at which a reported problem is the same known problem
+    # (local MiniLM: paraphrases of one error score ~0.7-0.9, different errors < 0.5).
+    pattern_match_threshold: float = 0.72
+    # Reflection: a queued internal event per user, at most once per interval, after a call.
+    reflection_interval_secs: float = 900.0
+    reflection_min_calls: int = 3
+    analytics_default_days: int = 30
+
+    @property
+    def session_paid_tier_set(self) -> frozenset[str]:
+        return frozenset(t.lower() for t in split_csv(self.session_paid_tiers))
 
     @property
     def webhook_secret_list(self) -> list[str]:

@@ -14,7 +14,6 @@ that is what W3C trace context propagation is for.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -38,10 +37,6 @@ def enabled() -> bool:
     return _enabled
 
 
-def _sdk_disabled() -> bool:
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-
-
 def init_tracing(
     settings: Settings, service_name: str, *, exporter: SpanExporter | None = None
 ) -> bool:
@@ -55,22 +50,20 @@ def init_tracing(
     if _enabled:
         return True
     if exporter is None:
-        if not settings.otel_exporter_otlp_endpoint or _sdk_disabled():
+        if not settings.otel_exporter_otlp_endpoint or settings.otel_sdk_disabled:
             return False
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         # The exporter reads OTEL_EXPORTER_OTLP_* itself; the endpoint is passed only when it
         # came from a .env file that the process environment does not hold.
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-        ):
-            exporter = OTLPSpanExporter()
+        if settings.otel_exporter_otlp_traces_endpoint:
+            exporter = OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_traces_endpoint)
         else:
             base = settings.otel_exporter_otlp_endpoint.rstrip("/")
             exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces")
     attributes: dict[str, Any] = {"service.name": service_name}
-    if os.environ.get("OTEL_SERVICE_NAME"):
-        attributes.pop("service.name")
+    if settings.otel_service_name:
+        attributes["service.name"] = settings.otel_service_name
     provider = TracerProvider(resource=Resource.create(attributes))
     # Batching: the request path only appends to a queue; export happens on a thread.
     provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -130,7 +130,8 @@ WORKER_LIKE = textwrap.dedent(
     """
     import sys
     from db import metrics
-    metrics.configure_process()
+    from db.settings import Settings
+    metrics.configure_process(Settings(_env_file=None))
     assert metrics.multiprocess_enabled()
     for _ in range(int(sys.argv[1])):
         metrics.observe_webhook("accepted")

@@ -27,7 +27,7 @@ def run_worker_process(settings: Settings | None = None) -> None:
     """Body of one worker process."""
     settings = settings or get_settings()
     configure_logging(settings)
-    metrics.configure_process()
+    metrics.configure_process(settings)
     tracing.init_tracing(settings, "voxmem-worker")
     crypto.configure(crypto.load_keyring(settings))
     db = open_database(settings)

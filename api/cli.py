@@ -13,8 +13,9 @@ from typing import Annotated
 
 import typer
 
-from api.commands import backup, keys, tenants, tokens, users
+from api.commands import backup, keys, migrate_data, tenants, tokens, users
 from api.commands import queue as queue_commands
+from api.commands.demo import demo as demo_command
 from db.settings import get_settings
 
 app = typer.Typer(
@@ -28,8 +29,10 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(queue_commands.app, name="queue")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
+app.command("demo")(demo_command)  # issue 7: seed 004's three-call story against a live service
 app.add_typer(keys.app, name="keys")
 app.add_typer(users.app, name="users")
+app.command("migrate-data")(migrate_data.migrate_data)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

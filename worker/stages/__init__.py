@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from worker.pipeline import Stage
 from worker.stages.conversation import CORE_STAGES
+from worker.stages.insights import INSIGHT_STAGES
 
 
 def default_stages() -> list[Stage]:
-    return list(CORE_STAGES)
+    return [
+        *CORE_STAGES,
+        *INSIGHT_STAGES,  # issue 7: session memory, issue patterns, entities, profile, reflection
+    ]
 
 
 __all__ = ["CORE_STAGES", "Stage", "default_stages"]

@@ -16,6 +16,7 @@ from api.middleware import RequestContextMiddleware
 from api.routes import admin as admin_routes
 from api.routes import health, webhooks
 from api.routes import init as init_routes
+from api.routes import insights as insights_routes
 from api.routes import metrics as metrics_route
 from api.routes import tools as tool_routes
 from api.state import AppState
@@ -91,7 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     # Agent-facing endpoints and the admin API; every path is also served per tenant under
     # /t/{tenant}/… (kept out of the schema to avoid listing each route twice).
-    for router in (init_routes.router, tool_routes.router, admin_routes.router):
+    for router in (
+        init_routes.router,
+        tool_routes.router,
+        admin_routes.router,
+        insights_routes.router,  # issue 7: session, profile, analytics, patterns
+    ):
         app.include_router(router)
         app.include_router(router, prefix="/t/{tenant}", include_in_schema=False)
     app.include_router(metrics_route.router)

@@ -45,7 +45,7 @@ from db.models import (
     WebhookEvent,
 )
 from db.types import utcnow
-from memory import context
+from memory import context, patterns
 from memory.identity import get_user
 
 
@@ -270,6 +270,7 @@ def export_user(session: Session, tenant_id: int, user_id: str) -> dict[str, Any
             )
         ],
         "graph": graph_dict(entities, relations),
+        "issue_patterns": patterns.user_occurrences(session, user_id),  # issue 7
     }
 
 
@@ -415,6 +416,9 @@ def forget_user(session: Session, tenant_id: int, user_id: str) -> ForgetReport:
     )
     run("memories", delete(Memory).where(Memory.user_id == user_id))
 
+    # Issue 7: text and counts they contributed to tenant-wide issue patterns (re-authored
+    # from other reporters' calls, or the pattern removed when only they reported it).
+    report.deleted.update(patterns.forget_contributions(session, tenant_id, user_id))
     pattern_ids = set(
         session.scalars(
             select(IssueOccurrence.pattern_id).where(IssueOccurrence.user_id == user_id)

@@ -24,9 +24,7 @@ from db.models import (
     QUEUE_STATUSES,
     Conversation,
     ConversationMemory,
-    Entity,
     EntityMention,
-    EntityRelation,
     Memory,
     MemoryEmbedding,
     MemoryLink,
@@ -37,7 +35,9 @@ from db.models import (
 )
 from db.settings import Settings
 from db.types import utcnow
-from memory import privacy
+from memory import analytics, privacy
+from memory import entities as entity_graph
+from memory import session as session_memory
 from memory.embedders import EmbedderError, get_embedder
 from memory.identity import get_user
 from memory.loader import vector_to_bytes
@@ -442,24 +442,16 @@ def delete_memory(
 def user_session(user_id: UserId, identity: AdminAuth, state: StateDep) -> dict[str, Any]:
     with state.db.read() as session:
         require_user(session, identity.tenant_id, user_id)
-        now = utcnow()
-        rows = [
-            i
-            for i in privacy.session_interactions(session, user_id, limit=10)
-            if i.expires_at is None or i.expires_at > now
-        ]
-        return {"interactions": [privacy.interaction_dict(i) for i in rows]}
+        # Issue 7's session memory: unexpired, newest first, with ids for the rating endpoint.
+        rows = session_memory.recent_interactions(session, user_id, limit=10)
+        return {"interactions": [session_memory.interaction_out(i) for i in rows]}
 
 
 @router.get("/users/{user_id}/graph", summary="The user's entity graph", responses=NOT_FOUND)
 def user_graph(user_id: UserId, identity: AdminAuth, state: StateDep) -> dict[str, Any]:
     with state.db.read() as session:
         require_user(session, identity.tenant_id, user_id)
-        entities = list(session.scalars(select(Entity).where(Entity.user_id == user_id)))
-        relations = list(
-            session.scalars(select(EntityRelation).where(EntityRelation.user_id == user_id))
-        )
-        return privacy.graph_dict(entities, relations)
+        return entity_graph.graph(session, user_id)  # issue 7: names, relation names, memories
 
 
 def conversation_out(conv: Conversation) -> dict[str, Any]:
@@ -608,6 +600,7 @@ def stats(identity: AdminAuth, state: StateDep) -> dict[str, Any]:
             .group_by(WebhookEvent.status)
         ):
             queue_counts[st] = int(n)
+        insight_counts = analytics.tenant_counts(session, tid)  # issue 7: sister-system counts
     return {
         "tenant": identity.tenant_slug,
         "generated_at": privacy.iso(utcnow()),
@@ -617,4 +610,5 @@ def stats(identity: AdminAuth, state: StateDep) -> dict[str, Any]:
         "conversations": int(conversations or 0),
         "tool_invocations": int(tools or 0),
         "queue": queue_counts,
+        **insight_counts,
     }

@@ -41,6 +41,7 @@ from memory.identity import (
     resolve_or_create_by_number,
     user_for_number,
 )
+from memory.profile import NEUTRAL_INIT_VARIABLES, init_variables
 
 log = structlog.get_logger("voxmem.init")
 router = APIRouter(tags=["agent"])
@@ -105,6 +106,7 @@ def neutral_variables() -> dict[str, str]:
         "last_interaction": "",
         "caller_status": "new",
         "is_returning_caller": "false",
+        **NEUTRAL_INIT_VARIABLES,  # issue 7: profile variables, always present (features.md)
     }
 
 
@@ -174,6 +176,8 @@ def render(settings: Settings, session: Session, user: User, returning: bool) ->
         "caller_status": "returning" if returning else "new",
         "is_returning_caller": "true" if returning else "false",
     }
+    # Issue 7: recent calls (session memory) lead memory_context; profile variables added.
+    variables.update(init_variables(session, user, ctx.memory_context))
     body: dict[str, Any] = {
         "type": RESPONSE_TYPE,
         "dynamic_variables": variables,

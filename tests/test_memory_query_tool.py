@@ -16,6 +16,7 @@ from db import crypto
 from db.bootstrap import bootstrap
 from db.engine import open_database
 from db.models import DEFAULT_TENANT, ToolInvocation
+from db.settings import Settings
 from db.tenancy import create_token
 from tests.agent_helpers import add_memories, add_user, bind, token
 from tests.conftest import FIXTURES, Deployment, make_settings
@@ -27,6 +28,12 @@ CRM_FACTS = [
     "John prefers email follow-ups over phone calls.",
 ]
 OTHER_FACTS = ["Mary is allergic to peanuts.", "Mary's daughter plays the violin."]
+
+
+@pytest.fixture
+def settings(any_settings: Settings) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL (tests/pg.py)."""
+    return any_settings
 
 
 def fixture(name: str) -> dict[str, Any]:

@@ -3,7 +3,14 @@ retrieval, for developing and tuning the engine. The published figures come from
 harness (every session as a signed webhook, every question through /tools/memory-query);
 this one isolates the engine and lets a weight grid run in seconds.
 
-    .venv/bin/python -m bench.locomo_engine [--grid] [--limit-samples N]
+    .venv/bin/python -m bench.locomo_engine [--grid] [--limit-samples N] [--weights W ...]
+
+where W = sim,lex,sal,rec,link.
+
+Dev split, local extractor + MiniLM, 128 sessions -> 3,948 memories (this machine, loaded):
+  seed 0.6/0/0.2/0.1/0.1 (sim/lex/sal/rec/link): recall@5 0.279, recall@10 0.385
+  vectors only: 0.493 / 0.593;  BM25 only over memories: 0.525 / 0.611
+  0.5/0.5/0/0/0 with expansion: 0.579 / 0.656 (no expansion 0.582 / 0.661) -- recommended
 
 Attribution follows ../shared/eval/README.md: a memory covers the turns in its ``sources``
 (session from the conversation id, turn i -> D<n>:<i+1>).
@@ -178,11 +185,14 @@ def main() -> None:
             (0.0, 1.0, 0.0, 0.0, 0.0),
             (0.6, 0.0, 0.2, 0.1, 0.1),
             (0.6, 0.0, 0.0, 0.0, 0.0),
-        ] + list(itertools.product((0.6, 0.4), (0.2, 0.4, 0.6), (0.2, 0.05), (0.1, 0.0), (0.1,)))
+            *list(itertools.product((0.6, 0.4), (0.2, 0.4, 0.6), (0.2, 0.05), (0.1, 0.0), (0.1,))),
+        ]
         for sim, lex, sal, rec, link in [(g[0], g[1], g[2], g[3], g[4]) for g in grid]:
             w = Weights(similarity=sim, salience=sal, recency=rec, link=link, lexical=lex)
             res = run(w, not args.no_expand)
-            print(json.dumps({"sim/lex/sal/rec/link": [sim, lex, sal, rec, link], **res}), flush=True)
+            print(
+                json.dumps({"sim/lex/sal/rec/link": [sim, lex, sal, rec, link], **res}), flush=True
+            )
             if best is None or res["recall@10"] > best[1]["recall@10"]:
                 best = (w, res)
         print("BEST", best)

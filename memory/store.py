@@ -324,10 +324,8 @@ def reinforce_co_retrieved(session: Session, user_id: str, memory_ids: Sequence[
     for pair, weight in updates.items():
         by_pair[pair].link_weight = weight
         by_pair[pair].link_type = "reinforced"
-    if updates:
-        user = session.get(User, user_id)
-        if user is not None:
-            user.memory_version = (user.memory_version or 0) + 1
+    # No memory_version bump: this runs after queries, and invalidating the user's index on
+    # every query would rebuild it every time. Cached link weights catch up at the next write.
     return len(updates)
 
 

@@ -173,23 +173,28 @@ def _clean(name: str) -> str | None:
 
 # (pattern, kind, relation from the caller, confidence). Order matters only for readability.
 _RULES: tuple[tuple[re.Pattern[str], str, str | None, float], ...] = (
-    (re.compile(r"\bmy name is " + _PERSON), "self", None, 0.95),
+    (re.compile(r"\b(?i:my name is) " + _PERSON), "self", None, 0.95),
     (
-        re.compile(r"\b(?:this is|I'm|I am) " + _PERSON + r"(?= from| at| with|[,.])"),
+        re.compile(r"\b(?i:this is|I'm|I am) " + _PERSON + r"(?= from| at| with|[,.])"),
         "self",
         None,
         0.7,
     ),
-    (re.compile(r"\bI (?:work|am) (?:at|for|with) " + _NAME + _SUFFIX), "company", "works_at", 0.9),
     (
-        re.compile(r"\b(?:I'm|I am) (?:calling )?from " + _NAME + _SUFFIX),
+        re.compile(r"\b(?i:I (?:work|am) (?:at|for|with)) " + _NAME + _SUFFIX),
+        "company",
+        "works_at",
+        0.9,
+    ),
+    (
+        re.compile(r"\b(?i:(?:I'm|I am) (?:calling )?from) " + _NAME + _SUFFIX),
         "company",
         "works_at",
         0.8,
     ),
     (
         re.compile(
-            r"\b(?:our|my) (?:company|business|firm|agency|practice|clinic|shop|store)"
+            r"\b(?i:(?:our|my) (?:company|business|firm|agency|practice|clinic|shop|store))"
             r"(?:,| is| is called| called)? " + _NAME + _SUFFIX
         ),
         "company",
@@ -198,30 +203,30 @@ _RULES: tuple[tuple[re.Pattern[str], str, str | None, float], ...] = (
     ),
     (re.compile(r"\b" + _NAME + r"\s+(?:Inc|LLC|Ltd|Corp|GmbH)\b\.?"), "company", None, 0.8),
     (
-        re.compile(r"\b(?:based|located|live|living|headquartered|office is) in " + _NAME),
+        re.compile(r"\b(?i:(?:based|located|live|living|headquartered|office is) in) " + _NAME),
         "place",
         "located_in",
         0.85,
     ),
-    (re.compile(r"\b(?:moving|moved|relocating) to " + _NAME), "place", "moving_to", 0.8),
+    (re.compile(r"\b(?i:(?:moving|moved|relocating) to) " + _NAME), "place", "moving_to", 0.8),
     (
         re.compile(
-            r"\bmy (?:colleague|manager|boss|wife|husband|partner|assistant|accountant|"
-            r"son|daughter|coworker|co-worker|admin|CTO|CEO) (?:is )?" + _PERSON
+            r"\b(?i:my (?:colleague|manager|boss|wife|husband|partner|assistant|accountant|"
+            r"son|daughter|coworker|co-worker|admin|CTO|CEO)) (?:is )?" + _PERSON
         ),
         "person",
         "knows",
         0.85,
     ),
     (
-        re.compile(r"\b(?:spoke|talked|spoken|speaking) (?:to|with) " + _PERSON),
+        re.compile(r"\b(?i:(?:spoke|talked|spoken|speaking) (?:to|with)) " + _PERSON),
         "person",
         "spoke_with",
         0.7,
     ),
     (
         re.compile(
-            r"\b(?:we|I) (?:use|used|are using|am using|switched to|moved to|run on|are on)"
+            r"\b(?i:(?:we|I) (?:use|used|are using|am using|switched to|moved to|run on|are on))"
             r" " + _NAME
         ),
         "product",
@@ -364,18 +369,34 @@ def reinforce(
     return row
 
 
+def self_hash() -> str:
+    # The caller's own node is found by this fixed key, not by name: the name may be learned
+    # only on a later call (or never), and there must be one self node per user.
+    return crypto.keyring().lookup_hash("entity:self")
+
+
 def caller_entity(session: Session, user: User, name: str | None, now: datetime) -> Entity:
-    """The caller's own node (a person), named once we know the name."""
+    """The caller's own node (a person), renamed once we learn the name."""
     label = name or user.name or "caller"
     row = session.scalar(
-        select(Entity)
-        .where(Entity.user_id == user.user_id, Entity.kind == "person")
-        .where(Entity.name_hash.in_([name_hash("person", label), name_hash("person", "caller")]))
+        select(Entity).where(Entity.user_id == user.user_id, Entity.name_hash == self_hash())
     )
     if row is None:
-        return upsert_entity(session, user.user_id, "person", label, now, count=False)
+        row = Entity(
+            user_id=user.user_id,
+            kind="person",
+            name=label,
+            name_hash=self_hash(),
+            mention_count=1,
+            first_seen=now,
+            last_seen=now,
+        )
+        session.add(row)
+        session.flush()
+        return row
     if row.name == "caller" and label != "caller":
-        row.name, row.name_hash = label, name_hash("person", label)
+        row.name = label
+    row.last_seen = max(row.last_seen, now)
     return row
 
 

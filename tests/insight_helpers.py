@@ -1,0 +1,121 @@
+"""Helpers for the issue-7 tests: signed post-call webhooks through the real app, and draining
+the real queue with the real worker pipeline (including the queued reflection events)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.commands.demo import post_call_payload, signed_headers
+from db.models import WebhookEvent
+from db.types import utcnow
+from tests.conftest import Deployment
+from worker.runner import make_process_next
+
+AGENT = "agent_support"
+
+
+def post_call(
+    client: TestClient,
+    deployment: Deployment,
+    conversation_id: str,
+    number: str,
+    turns: Sequence[tuple[str, str]],
+    *,
+    start: datetime | None = None,
+    outcome: str | None = "success",
+    duration_secs: int = 120,
+    summary: str | None = None,
+    title: str | None = None,
+    agent_id: str = AGENT,
+    evaluation: Mapping[str, str] | None = None,
+    data_collection: Mapping[str, Any] | None = None,
+    timezone: str | None = None,
+) -> None:
+    payload = post_call_payload(
+        conversation_id=conversation_id,
+        agent_id=agent_id,
+        number=number,
+        turns=turns,
+        start=start or datetime.now(UTC),
+        duration_secs=duration_secs,
+        outcome=outcome,
+        summary=summary,
+        summary_title=title,
+        evaluation=evaluation,
+        data_collection=data_collection,
+        timezone=timezone,
+    )
+    body = json.dumps(payload).encode()
+    r = client.post(
+        "/webhook/post-call", content=body, headers=signed_headers(deployment.webhook_secret, body)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "accepted", r.text
+
+
+def pending(deployment: Deployment) -> int:
+    with deployment.db.read() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(WebhookEvent)
+                .where(WebhookEvent.status.in_(("pending", "processing")))
+            )
+            or 0
+        )
+
+
+def drain(deployment: Deployment, *, reflections: bool = False, timeout: float = 30.0) -> None:
+    """Process every due event; with ``reflections``, also wait for the queued reflection
+    events (their ``run_after`` is the end of the reflection window)."""
+    process = make_process_next(deployment.settings, deployment.db, worker_id="test-worker")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process():
+            continue
+        if not reflections or pending(deployment) == 0:
+            break
+        time.sleep(0.1)
+    with deployment.db.read() as session:
+        bad = session.scalar(
+            select(func.count())
+            .select_from(WebhookEvent)
+            .where(WebhookEvent.status.in_(("failed", "dead_letter")))
+        )
+    assert not bad, "an event failed"
+    if reflections:
+        assert pending(deployment) == 0, "reflection events still pending"
+
+
+def user_of(client: TestClient, deployment: Deployment, number: str) -> str:
+    r = client.post(
+        "/webhook/conversation-init",
+        json={"caller_id": number, "agent_id": AGENT, "called_number": "+15559876543"},
+        headers=deployment.auth("init"),
+    )
+    assert r.status_code == 200, r.text
+    user_id = r.json()["dynamic_variables"]["user_id"]
+    assert user_id
+    return str(user_id)
+
+
+def init_vars(client: TestClient, deployment: Deployment, number: str) -> dict[str, str]:
+    r = client.post(
+        "/webhook/conversation-init",
+        json={"caller_id": number, "agent_id": AGENT, "called_number": "+15559876543"},
+        headers=deployment.auth("init"),
+    )
+    assert r.status_code == 200, r.text
+    variables: dict[str, str] = r.json()["dynamic_variables"]
+    return variables
+
+
+def now() -> datetime:
+    return utcnow()

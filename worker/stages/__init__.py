@@ -11,11 +11,13 @@ from __future__ import annotations
 from worker.pipeline import Stage
 from worker.stages.conversation import CORE_STAGES
 from worker.stages.insights import INSIGHT_STAGES
+from worker.stages.memories import MEMORY_STAGES
 
 
 def default_stages() -> list[Stage]:
     return [
         *CORE_STAGES,
+        *MEMORY_STAGES,  # issue 4: extract, embed, consolidate, link, summary
         *INSIGHT_STAGES,  # issue 7: session memory, issue patterns, entities, profile, reflection
     ]
 

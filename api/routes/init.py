@@ -13,13 +13,15 @@ it. Only a first-time caller needs the write (the guest's id) before answering.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import string
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -47,6 +49,9 @@ log = structlog.get_logger("voxmem.init")
 router = APIRouter(tags=["agent"])
 
 RESPONSE_TYPE = "conversation_initiation_client_data"
+# Its own pool: init work that overran its deadline keeps running, and must not starve the
+# threadpool every other endpoint uses (nor be starved by it).
+INIT_EXECUTOR = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxmem-init")
 RETURNING_NO_MEMORIES = "No stored details from earlier calls yet."
 # Extra variables beyond CONTRACT's six (documented in docs/elevenlabs.md). All strings.
 REQUIRED_VARIABLES = (
@@ -197,6 +202,25 @@ class InitWork:
         self.tenant_id = identity.tenant_id
         self.req = req
         self.response: dict[str, Any] | None = None
+        self.error: Exception | None = None
+
+    def run_guarded(self, db: Any, notify: Callable[[], None]) -> None:
+        """``run`` for the executor: never raises; ``notify`` fires when done.
+
+        The answer waits for the binding commit (within the deadline): answering before it
+        would let a second init of the same conversation, racing the first, name a different
+        user than the one finally bound. Only past the deadline is the read-phase answer sent
+        while the write finishes behind it."""
+        try:
+            self.run(db)
+        except Exception as exc:  # noqa: BLE001 - reported through self.error
+            self.error = exc
+            if self.response is not None:
+                # The answer already went out; only the binding write failed. The tool still
+                # resolves the caller by user_id / caller_id.
+                log.error("init.bind_failed", error=str(exc)[:200], error_class=type(exc).__name__)
+        finally:
+            notify()
 
     def run(self, db: Any) -> None:
         req, tenant_id = self.req, self.tenant_id
@@ -302,23 +326,26 @@ async def conversation_init(request: Request, identity: InitAuth, state: StateDe
         return fallback("bad_body", started, error=type(exc).__name__)
     work = InitWork(state.settings, identity, req)
     deadline = max(1, state.settings.init_deadline_ms) / 1000
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+
+    def notify() -> None:
+        loop.call_soon_threadsafe(ready.set)
+
+    # The work is never cancelled: on overrun, or once the answer is known, it goes on to
+    # commit the binding by itself while the caller already has its answer.
+    loop.run_in_executor(INIT_EXECUTOR, work.run_guarded, state.db, notify)
     try:
-        with anyio.fail_after(deadline):
-            # abandon_on_cancel: on overrun the thread finishes (and commits the binding)
-            # on its own while the caller gets an answer now.
-            await anyio.to_thread.run_sync(work.run, state.db, abandon_on_cancel=True)
+        await asyncio.wait_for(ready.wait(), deadline)
     except TimeoutError:
         if work.response is not None:
-            log.info("init.write_after_deadline", tenant=identity.tenant_slug)
             return answer(work.response, started)
         return fallback("deadline", started, tenant=identity.tenant_slug)
-    except Exception as exc:  # noqa: BLE001 - never fail the call
-        if work.response is not None:
-            # The answer was ready; only the binding write failed. The tool still resolves
-            # the user by user_id / caller_id, so answering with it is better than neutral.
-            log.error("init.bind_failed", error=str(exc)[:200], error_class=type(exc).__name__)
-            return answer(work.response, started)
-        return fallback("error", started, error=str(exc)[:200], error_class=type(exc).__name__)
-    if work.response is None:
-        return fallback("no_caller", started, tenant=identity.tenant_slug)
-    return answer(work.response, started)
+    if work.response is not None:
+        return answer(work.response, started)
+    if work.error is not None:
+        failure = work.error
+        return fallback(
+            "error", started, error=str(failure)[:200], error_class=type(failure).__name__
+        )
+    return fallback("no_caller", started, tenant=identity.tenant_slug)

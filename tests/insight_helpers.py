@@ -94,27 +94,25 @@ def drain(deployment: Deployment, *, reflections: bool = False, timeout: float =
         assert pending(deployment) == 0, "reflection events still pending"
 
 
-def user_of(client: TestClient, deployment: Deployment, number: str) -> str:
-    r = client.post(
-        "/webhook/conversation-init",
-        json={"caller_id": number, "agent_id": AGENT, "called_number": "+15559876543"},
-        headers=deployment.auth("init"),
-    )
-    assert r.status_code == 200, r.text
-    user_id = r.json()["dynamic_variables"]["user_id"]
-    assert user_id
-    return str(user_id)
-
-
 def init_vars(client: TestClient, deployment: Deployment, number: str) -> dict[str, str]:
-    r = client.post(
-        "/webhook/conversation-init",
-        json={"caller_id": number, "agent_id": AGENT, "called_number": "+15559876543"},
-        headers=deployment.auth("init"),
-    )
-    assert r.status_code == 200, r.text
-    variables: dict[str, str] = r.json()["dynamic_variables"]
-    return variables
+    """conversation-init for a known number. Under CPU contention init may answer neutrally at
+    its deadline (by design); the test wants the real answer, so it asks again."""
+    for _ in range(20):
+        r = client.post(
+            "/webhook/conversation-init",
+            json={"caller_id": number, "agent_id": AGENT, "called_number": "+15559876543"},
+            headers=deployment.auth("init"),
+        )
+        assert r.status_code == 200, r.text
+        variables: dict[str, str] = r.json()["dynamic_variables"]
+        if variables["user_id"]:
+            return variables
+        time.sleep(0.2)
+    raise AssertionError("conversation-init never answered with the caller")
+
+
+def user_of(client: TestClient, deployment: Deployment, number: str) -> str:
+    return init_vars(client, deployment, number)["user_id"]
 
 
 def now() -> datetime:

@@ -7,7 +7,9 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from db.models import Memory
 from db.settings import Settings
 from memory import entities
 from tests.conftest import Deployment, make_settings
@@ -82,9 +84,17 @@ def test_graph_endpoint_strength_and_entity_hop(client: TestClient, deployment: 
     # Retrieval's entity hop: a query naming the product reaches the memory about it, and so
     # does a hit on another memory that mentions the same entity.
     with deployment.db.read() as session:
-        assert entities.related_memories(session, user_id, query="what about quickbooks?") == [
-            (memory_id, 1.0)
-        ]
+        hops = entities.related_memories(session, user_id, query="what about quickbooks?", limit=10)
+        assert (memory_id, 1.0) in hops
+        texts = session.execute(select(Memory.id, Memory.content)).all()
+        by_id = dict(texts)
+        # Memories naming the entity come at full weight; one relation hop (the caller, their
+        # company) only at relation strength x 0.8.
+        for mid, weight in hops:
+            assert ("quickbooks" in by_id[mid].lower()) == (weight == 1.0)
+        # From a hit on the operator's memory, the graph reaches the other ones, not itself.
+        others = entities.related_memories(session, user_id, query="x", memory_ids=[memory_id])
+        assert memory_id not in {mid for mid, _ in others}
         assert entities.related_memories(session, user_id, query="unrelated words") == []
     # Forget removes the graph.
     client.delete(f"/v1/users/{user_id}", headers=admin)

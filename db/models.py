@@ -217,6 +217,8 @@ class Conversation(Base):
         Index("idx_conversation_user", "user_id", "start_time"),
         Index("idx_conversation_status", "status"),
         Index("idx_conversation_agent", "agent_id", "start_time"),
+        # Tenant-wide analytics over a time window (per-agent success rates, failing types).
+        Index("idx_conversation_tenant_start", "tenant_id", "start_time"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

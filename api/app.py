@@ -14,7 +14,7 @@ from api.background import EXTRA_KEY as BACKGROUND_WRITER
 from api.background import BackgroundWriter
 from api.middleware import RequestContextMiddleware
 from api.routes import admin as admin_routes
-from api.routes import health, webhooks
+from api.routes import console_api, health, webhooks
 from api.routes import init as init_routes
 from api.routes import insights as insights_routes
 from api.routes import metrics as metrics_route
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tool_routes.router,
         admin_routes.router,
         insights_routes.router,  # issue 7: session, profile, analytics, patterns
+        console_api.router,  # issue 11: the operator console at /console and its endpoints
     ):
         app.include_router(router)
         app.include_router(router, prefix="/t/{tenant}", include_in_schema=False)

@@ -1,0 +1,1 @@
+"""The operator console's static pages (served by api/routes/console_api.py)."""

@@ -13,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import queue
+import re
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from db.crypto import Keyring
 from db.engine import Database
@@ -32,7 +32,7 @@ from db.models import DEFAULT_TENANT, ConversationBinding, Tenant, WebhookEvent
 from db.settings import Settings
 from db.tenancy import active_webhook_secrets
 from db.types import utcnow
-from memory.identity import normalize_number
+from memory.identity import ANONYMOUS
 from worker.payload import (
     INITIATION_FAILURE,
     Envelope,
@@ -43,6 +43,7 @@ from worker.payload import (
 )
 
 log = structlog.get_logger("voxmem.intake")
+_NOT_DIGITS = re.compile(r"\D")
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,6 +109,21 @@ def _short(prefix: str, value: str) -> str:
     return f"{prefix}#:{hashlib.sha256(value.encode('utf-8')).hexdigest()[:40]}"
 
 
+def _canonical_number(raw: str) -> str | None:
+    """A cheap stand-in for full E.164 parsing (phonenumbers costs ~50 µs a request).
+
+    ElevenLabs sends E.164 already; keys only need to agree with each other, and the worker
+    resolves the user with the full normaliser. Withheld numbers give no key.
+    """
+    value = raw.strip()
+    if value.lower() in ANONYMOUS:
+        return None
+    digits = _NOT_DIGITS.sub("", value)
+    if len(digits) < 3:
+        return None
+    return ("+" if value.startswith("+") else "") + digits
+
+
 @dataclass(frozen=True)
 class OrderingHint:
     """What intake can tell about the customer without the database; the writer thread
@@ -131,7 +147,7 @@ def ordering_hint(
             raw_number = None
     else:
         raw_number = customer_number(data, own_numbers)
-    number = normalize_number(raw_number) if raw_number else None
+    number = _canonical_number(raw_number) if raw_number else None
     if number is not None:
         # The same keyed hash identity uses for caller lookup, shortened; never the number.
         fallback: str | None = "num:" + keyring.lookup_hash("caller:" + number)[:40]
@@ -183,6 +199,16 @@ class IngestWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="voxmem-ingest", daemon=True)
         self._stopped = False
+        self._insert_stmt = _build_insert(db.dialect)
+        binding = cast(Table, ConversationBinding.__table__)
+        self._binding_stmt = (
+            select(binding.c.user_id)
+            .where(
+                binding.c.tenant_id == bindparam("tenant_id"),
+                binding.c.conversation_id == bindparam("conversation_id"),
+            )
+            .limit(1)
+        )
         self._thread.start()
 
     def submit(self, item: PendingEvent) -> Future[InsertResult]:
@@ -229,8 +255,8 @@ class IngestWriter:
         if not live:
             return
         try:
-            with self._db.write() as session:
-                results = [self._insert_one(session, item) for item, _ in live]
+            with self._db.write_engine.begin() as conn:
+                results = [self._insert_one(conn, item) for item, _ in live]
         except Exception as exc:  # noqa: BLE001 - isolate the bad row, then report per event
             if len(live) == 1:
                 live[0][1].set_exception(exc)
@@ -238,8 +264,8 @@ class IngestWriter:
             log.warning("intake.batch_failed_retrying_singly", size=len(live), error=str(exc))
             for item, fut in live:
                 try:
-                    with self._db.write() as session:
-                        result = self._insert_one(session, item)
+                    with self._db.write_engine.begin() as conn:
+                        result = self._insert_one(conn, item)
                 except Exception as single_exc:  # noqa: BLE001
                     fut.set_exception(single_exc)
                 else:
@@ -249,19 +275,17 @@ class IngestWriter:
         for (_, fut), result in zip(live, results, strict=True):
             fut.set_result(result)
 
-    def _insert_one(self, session: Session, item: PendingEvent) -> InsertResult:
+    def _insert_one(self, conn: Connection, item: PendingEvent) -> InsertResult:
         ordering_key = item.hint.user_key or item.hint.fallback_key
         if item.conversation_id:
-            bound = session.execute(
-                select(ConversationBinding.user_id).where(
-                    ConversationBinding.tenant_id == item.tenant_id,
-                    ConversationBinding.conversation_id == item.conversation_id,
-                )
-            ).scalar_one_or_none()
+            bound = conn.execute(
+                self._binding_stmt,
+                {"tenant_id": item.tenant_id, "conversation_id": item.conversation_id},
+            ).scalar()
             if bound is not None:
                 ordering_key = _short("user", bound)
         now: datetime = utcnow()
-        values: dict[str, Any] = {
+        params: dict[str, Any] = {
             "tenant_id": item.tenant_id,
             "event_id": item.event_id,
             "event_type": item.event_type,
@@ -277,12 +301,39 @@ class IngestWriter:
             "payload_bytes": item.payload_bytes,
             "trace_context": dict(item.trace_context) if item.trace_context else None,
         }
-        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(WebhookEvent)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
-            .returning(WebhookEvent.id)
-        )
-        row_id = session.execute(stmt).scalar_one_or_none()
+        row_id = conn.execute(self._insert_stmt, params).scalar()
         return InsertResult(event_row_id=row_id)
+
+
+def _build_insert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING id, built once.
+
+    Core on the table with bind parameters: the compiled form is cached, so a request costs
+    one execute instead of an ORM statement construction (which dominated the profile).
+    """
+    table = cast(Table, WebhookEvent.__table__)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(table)
+        .values({name: bindparam(name, type_=table.c[name].type) for name in _INSERT_COLUMNS})
+        .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
+        .returning(table.c.id)
+    )
+
+
+_INSERT_COLUMNS = (
+    "tenant_id",
+    "event_id",
+    "event_type",
+    "payload",
+    "conversation_id",
+    "ordering_key",
+    "status",
+    "retry_count",
+    "max_attempts",
+    "run_after",
+    "created_at",
+    "signature_timestamp",
+    "payload_bytes",
+    "trace_context",
+)

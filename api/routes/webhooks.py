@@ -18,7 +18,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import StateDep
 from api.intake import (
     IngestWriter,
     PendingEvent,
@@ -124,7 +123,10 @@ def _verify_and_parse(
     return parse_envelope(body), verified
 
 
-async def _intake(request: Request, state: StateDep, slug: str) -> Response:
+async def _intake(request: Request, slug: str) -> Response:
+    # The state is taken from the app directly: a sync FastAPI dependency would cost a thread
+    # hop on every request of the hottest endpoint.
+    state: AppState = request.app.state.voxmem
     settings = state.settings
     runtime = intake_runtime(state)
 
@@ -236,8 +238,8 @@ async def _intake(request: Request, state: StateDep, slug: str) -> Response:
     summary="ElevenLabs post-call webhook (default tenant)",
     response_description='{"status": "accepted" | "duplicate" | "ignored"}',
 )
-async def post_call(request: Request, state: StateDep) -> Response:
-    return await _intake(request, state, DEFAULT_TENANT)
+async def post_call(request: Request) -> Response:
+    return await _intake(request, DEFAULT_TENANT)
 
 
 @router.post(
@@ -245,5 +247,5 @@ async def post_call(request: Request, state: StateDep) -> Response:
     summary="ElevenLabs post-call webhook (named tenant)",
     response_description='{"status": "accepted" | "duplicate" | "ignored"}',
 )
-async def post_call_for_tenant(tenant: str, request: Request, state: StateDep) -> Response:
-    return await _intake(request, state, tenant)
+async def post_call_for_tenant(tenant: str, request: Request) -> Response:
+    return await _intake(request, tenant)

@@ -1,0 +1,292 @@
+"""Post-call intake benchmark: ack latency at a fixed rate and maximum accepted/s, for the real
+`POST /webhook/post-call` and for a bare FastAPI endpoint under the same uvicorn settings.
+
+    .venv/bin/python -m bench.bench_intake [--rate 200] [--seconds 10] [--concurrency 32]
+                                          [--write-docs]
+
+Each run: a fresh data dir (migrated SQLite, WAL, synchronous=FULL), one API process on
+loopback, signed copies of fixtures/post_call_transcription.json (12.6 KB) each with a unique
+conversation id. Latency is open-loop (requests are sent on schedule and timed from their
+scheduled send, so a stall shows up as latency instead of being hidden by a slower send rate).
+The client is a minimal asyncio HTTP/1.1 client with keep-alive, so client overhead stays
+small next to the server's. No workers run: this measures intake, not processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from api.security.signatures import sign
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO.parent / "shared" / "elevenlabs" / "fixtures" / "post_call_transcription.json"
+CONV_ID = b"conv_6801kb3m9q2rv4tx8e0d7c5j1n3p"
+PATH = "/webhook/post-call"
+_CL = re.compile(rb"content-length:\s*(\d+)", re.I)
+
+SERVER_SNIPPET = """
+import sys, uvicorn
+target, port = sys.argv[1], int(sys.argv[2])
+kwargs = dict(host="127.0.0.1", port=port, log_level="warning", access_log=False,
+              timeout_keep_alive=5)
+if target == "voxmem":
+    uvicorn.run("api.app:create_app", factory=True, **kwargs)
+else:
+    uvicorn.run("bench.bare_app:app", **kwargs)
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    sent: int
+    ok_at_rate: int
+    max_per_sec: float
+    ok_at_max: int
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_requests(secret: str, n: int, prefix: str) -> list[bytes]:
+    template = FIXTURE.read_bytes()
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        body = template.replace(CONV_ID, f"conv_{prefix}_{i:08d}".encode())
+        head = (
+            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"ElevenLabs-Signature: {sign(secret, body, now)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        out.append(head + body)
+    return out
+
+
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        match = _CL.search(head)
+        body = await self.reader.readexactly(int(match.group(1))) if match else b""
+        return int(head[9:12]), body
+
+
+async def connect(port: int) -> Conn:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return Conn(reader, writer)
+
+
+async def at_rate(port: int, requests: list[bytes], rate: float) -> tuple[list[float], int]:
+    """Open loop: request i is due at start + i/rate; latency counts from when it was due."""
+    idle: list[Conn] = [await connect(port) for _ in range(8)]
+    latencies: list[float] = []
+    ok = 0
+
+    async def one(raw: bytes, due: float) -> None:
+        nonlocal ok
+        conn = idle.pop() if idle else await connect(port)
+        status, body = await conn.send(raw)
+        latencies.append(time.perf_counter() - due)
+        if status == 200 and b"accepted" in body:
+            ok += 1
+        idle.append(conn)
+
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i, raw in enumerate(requests):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(raw, due)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.writer.close()
+    return latencies, ok
+
+
+async def flat_out(port: int, requests: list[bytes], concurrency: int) -> tuple[float, int]:
+    """Closed loop with `concurrency` keep-alive connections until the requests run out."""
+    it = iter(requests)
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal ok
+        conn = await connect(port)
+        for raw in it:
+            status, body = await conn.send(raw)
+            if status == 200 and b"accepted" in body:
+                ok += 1
+        conn.writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, ok
+
+
+def start_server(target: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_SNIPPET, target, str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1.0)
+            return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{target} server did not start")
+
+
+def run_one(
+    target: str, env: dict[str, str], secret: str, rate: float, seconds: float, concurrency: int
+) -> Result:
+    proc, port = start_server(target, env)
+    try:
+        warm = build_requests(secret, 300, f"{target}warm")
+        asyncio.run(flat_out(port, warm, 8))
+        paced = build_requests(secret, int(rate * seconds), f"{target}rate")
+        latencies, ok_rate = asyncio.run(at_rate(port, paced, rate))
+        burst = build_requests(secret, int(max(2000, rate * seconds)), f"{target}max")
+        elapsed, ok_max = asyncio.run(flat_out(port, burst, concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    latencies.sort()
+    ms = [x * 1000 for x in latencies]
+    return Result(
+        name=target,
+        p50_ms=statistics.median(ms),
+        p99_ms=ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        max_ms=ms[-1],
+        sent=len(paced),
+        ok_at_rate=ok_rate,
+        max_per_sec=ok_max / elapsed if target == "voxmem" else len(burst) / elapsed,
+        ok_at_max=ok_max if target == "voxmem" else len(burst),
+    )
+
+
+def prepare_deployment(root: Path) -> tuple[dict[str, str], str, Path]:
+    data = root / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMEM_")}
+    env.update(
+        VOXMEM_DATABASE_URL=f"sqlite:///{data / 'voxmem.db'}",
+        VOXMEM_DATA_DIR=str(data),
+        VOXMEM_ENVIRONMENT="test",
+        VOXMEM_LOG_LEVEL="WARNING",
+        VOXMEM_WEBHOOK_SECRETS="wsec_bench_secret_0123456789abcdef",
+        PYTHONUNBUFFERED="1",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "api.cli", "migrate"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return env, env["VOXMEM_WEBHOOK_SECRETS"], data / "voxmem.db"
+
+
+def write_docs(text: str) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    heading = "## Post-call intake"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if heading in current:
+        before, rest = current.split(heading, 1)
+        nxt = rest.find("\n## ")
+        after = rest[nxt + 1 :] if nxt != -1 else ""
+        current = before + text + ("\n" + after if after else "")
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    path.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="voxmem-bench-") as tmp:
+        env, secret, db_path = prepare_deployment(Path(tmp))
+        bare = run_one("bare", env, secret, args.rate, args.seconds, args.concurrency)
+        real = run_one("voxmem", env, secret, args.rate, args.seconds, args.concurrency)
+        with sqlite3.connect(db_path) as conn:
+            stored = conn.execute("SELECT count(*) FROM webhook_events").fetchone()[0]
+    expected = real.ok_at_rate + real.ok_at_max + 300
+    rows = [
+        ("ack latency p50 at %.0f req/s (ms)" % args.rate, real.p50_ms, bare.p50_ms),
+        ("ack latency p99 at %.0f req/s (ms)" % args.rate, real.p99_ms, bare.p99_ms),
+        ("max latency at %.0f req/s (ms)" % args.rate, real.max_ms, bare.max_ms),
+        ("max accepted/s, %d connections" % args.concurrency, real.max_per_sec, bare.max_per_sec),
+    ]
+    lines = [
+        "## Post-call intake",
+        "",
+        "Command: `.venv/bin/python -m bench.bench_intake --rate %.0f --seconds %.0f "
+        "--concurrency %d --write-docs`" % (args.rate, args.seconds, args.concurrency),
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs (shared), Python {platform.python_version()}, SQLite "
+        f"{sqlite3.sqlite_version}; one uvicorn process (uvloop, httptools), WAL, "
+        "synchronous=FULL, 12.6 KB signed bodies with unique conversation ids, no workers. "
+        "The baseline is a bare FastAPI endpoint that reads the body and returns 200 under the "
+        "same uvicorn settings in the same run.",
+        "",
+        "| figure | /webhook/post-call | bare endpoint | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, mine, base in rows:
+        ratio = mine / base if base else float("nan")
+        lines.append(f"| {label} | {mine:.2f} | {base:.2f} | {ratio:.2f}× |")
+    lines += [
+        "",
+        f"Accepted at rate: {real.ok_at_rate}/{real.sent}; rows stored: {stored} of {expected} "
+        "acknowledged (every 200 `accepted` is a committed row).",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    print(json.dumps({"voxmem": real.__dict__, "bare": bare.__dict__}))
+    if args.write_docs:
+        write_docs(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -251,16 +251,16 @@ def main() -> None:
             stored = conn.execute("SELECT count(*) FROM webhook_events").fetchone()[0]
     expected = real.ok_at_rate + real.ok_at_max + 300
     rows = [
-        ("ack latency p50 at %.0f req/s (ms)" % args.rate, real.p50_ms, bare.p50_ms),
-        ("ack latency p99 at %.0f req/s (ms)" % args.rate, real.p99_ms, bare.p99_ms),
-        ("max latency at %.0f req/s (ms)" % args.rate, real.max_ms, bare.max_ms),
-        ("max accepted/s, %d connections" % args.concurrency, real.max_per_sec, bare.max_per_sec),
+        (f"ack latency p50 at {args.rate:.0f} req/s (ms)", real.p50_ms, bare.p50_ms),
+        (f"ack latency p99 at {args.rate:.0f} req/s (ms)", real.p99_ms, bare.p99_ms),
+        (f"max latency at {args.rate:.0f} req/s (ms)", real.max_ms, bare.max_ms),
+        (f"max accepted/s, {args.concurrency} connections", real.max_per_sec, bare.max_per_sec),
     ]
     lines = [
         "## Post-call intake",
         "",
-        "Command: `.venv/bin/python -m bench.bench_intake --rate %.0f --seconds %.0f "
-        "--concurrency %d --write-docs`" % (args.rate, args.seconds, args.concurrency),
+        f"Command: `.venv/bin/python -m bench.bench_intake --rate {args.rate:.0f} "
+        f"--seconds {args.seconds:.0f} --concurrency {args.concurrency} --write-docs`",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
         f"{os.cpu_count()} CPUs (shared), Python {platform.python_version()}, SQLite "

@@ -122,7 +122,9 @@ def test_envelope_errors(body: bytes, reason: str) -> None:
 
 
 def test_envelope_event_timestamp_int_or_digits() -> None:
-    assert parse_envelope(b'{"type": "x", "data": {}, "event_timestamp": "17"}').event_timestamp == 17
+    assert (
+        parse_envelope(b'{"type": "x", "data": {}, "event_timestamp": "17"}').event_timestamp == 17
+    )
     assert parse_envelope(b'{"type": "x", "data": {}, "event_timestamp": 17}').event_timestamp == 17
     assert parse_envelope(b'{"type": "x", "data": {}}').event_timestamp is None
 

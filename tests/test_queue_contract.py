@@ -145,7 +145,9 @@ def test_expired_lease_is_reclaimed_and_the_old_token_is_fenced(
     with deployment.db.write() as session, pytest.raises(q.LeaseLostError):
         q.heartbeat(session, first, now=later, lease_secs=LEASE)
     with deployment.db.write() as session:
-        assert q.fail(session, first, now=later, error="x", permanent=True, backoff=BACKOFF) == "lost"
+        assert (
+            q.fail(session, first, now=later, error="x", permanent=True, backoff=BACKOFF) == "lost"
+        )
     assert row(deployment, first.id).status == "processing"
     with deployment.db.write() as session:
         q.complete(session, second, now=later)
@@ -159,9 +161,7 @@ def test_heartbeat_extends_the_lease(deployment: Deployment, t0: datetime) -> No
     job = claim(deployment, t0)
     assert job is not None
     with deployment.db.write() as session:
-        until = q.heartbeat(
-            session, job, now=t0 + timedelta(seconds=LEASE - 1), lease_secs=LEASE
-        )
+        until = q.heartbeat(session, job, now=t0 + timedelta(seconds=LEASE - 1), lease_secs=LEASE)
     assert until == t0 + timedelta(seconds=2 * LEASE - 1)
     assert claim(deployment, t0 + timedelta(seconds=LEASE + 1)) is None
     with deployment.db.write() as session:
@@ -180,8 +180,12 @@ def test_retry_backoff_then_dead_letter_with_error_kept(
         assert job is not None and job.attempt == attempt
         with deployment.db.write() as session:
             status = q.fail(
-                session, job, now=now, error=RuntimeError(f"boom {attempt}"),
-                permanent=False, backoff=BACKOFF,
+                session,
+                job,
+                now=now,
+                error=RuntimeError(f"boom {attempt}"),
+                permanent=False,
+                backoff=BACKOFF,
             )
         assert status == "pending"
         stored = row(deployment, event_id)
@@ -195,7 +199,9 @@ def test_retry_backoff_then_dead_letter_with_error_kept(
     assert job is not None and job.attempt == 3
     with deployment.db.write() as session:
         assert (
-            q.fail(session, job, now=now, error=ValueError("final"), permanent=False, backoff=BACKOFF)
+            q.fail(
+                session, job, now=now, error=ValueError("final"), permanent=False, backoff=BACKOFF
+            )
             == "dead_letter"
         )
     stored = row(deployment, event_id)
@@ -204,9 +210,7 @@ def test_retry_backoff_then_dead_letter_with_error_kept(
     assert claim(deployment, now + timedelta(days=1)) is None
 
 
-def test_permanent_error_goes_straight_to_dead_letter(
-    deployment: Deployment, t0: datetime
-) -> None:
+def test_permanent_error_goes_straight_to_dead_letter(deployment: Deployment, t0: datetime) -> None:
     (event_id,) = add_events(deployment, 1, at=t0, max_attempts=8)
     job = claim(deployment, t0)
     assert job is not None
@@ -290,7 +294,9 @@ def test_operator_retry_and_replay(deployment: Deployment, t0: datetime) -> None
     with deployment.db.write() as session:
         assert q.replay_dead_letters(session, now=t0) == 1
     with deployment.db.read() as session:
-        statuses = {r.id: r.status for r in session.execute(select(WebhookEvent.id, WebhookEvent.status))}
+        statuses = {
+            r.id: r.status for r in session.execute(select(WebhookEvent.id, WebhookEvent.status))
+        }
     assert statuses == {ids[0]: "pending", ids[1]: "pending", ids[2]: "completed"}
 
 

@@ -53,9 +53,10 @@ def test_golden_vectors_verify_with_pinned_clock(vector: dict[str, Any]) -> None
     reserialised = json.dumps(json.loads(body), separators=(",", ":")).encode()
     with pytest.raises(SignatureError, match="does not match"):
         _verify(reserialised, vector["header"], [SECRET], now=ts + 60)
-    assert "v0=" + compute_signature(SECRET, ts, reserialised) == vector[
-        "note_reserialized_body_signature"
-    ]
+    assert (
+        "v0=" + compute_signature(SECRET, ts, reserialised)
+        == vector["note_reserialized_body_signature"]
+    )
 
 
 BODY = (FIXTURES / "post_call_transcription.json").read_bytes()
@@ -258,7 +259,9 @@ def test_http_rotation(deployment: Deployment) -> None:
                     row.revoked_at = utcnow()
         body = BODY.replace(b"conv_6801kb3m9q2rv4tx8e0d7c5j1n3p", b"conv_rotation_late")
         r = client.post(
-            "/webhook/post-call", content=body, headers={"ElevenLabs-Signature": sign(old, body, now)}
+            "/webhook/post-call",
+            content=body,
+            headers={"ElevenLabs-Signature": sign(old, body, now)},
         )
         assert r.status_code == 401
     assert _event_count(deployment) == 2

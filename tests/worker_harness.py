@@ -1,0 +1,67 @@
+"""A real worker process with an extra last stage, for crash and poison tests.
+
+    python -m tests.worker_harness --block prepare|apply --marker FILE
+    python -m tests.worker_harness --fail-prefix conv_poison
+
+``--block``: the stage writes FILE once it is running (in ``prepare``: lease held, nothing
+written; in ``apply``: inside the completing transaction, after the conversation and its turns
+were written) and then waits forever, so the test can SIGKILL the process at that point.
+``--fail-prefix``: the stage raises for conversations whose id starts with the prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from db import crypto
+from db.engine import open_database
+from db.settings import get_settings
+from worker.loop import WorkerLoop
+from worker.pipeline import PrepareContext, Stage, StageContext
+from worker.runner import make_process_next
+from worker.stages import default_stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--block", choices=["prepare", "apply"])
+    parser.add_argument("--marker", type=Path)
+    parser.add_argument("--fail-prefix")
+    args = parser.parse_args()
+
+    def block() -> None:
+        assert args.marker is not None
+        args.marker.write_text("in stage")
+        while True:
+            time.sleep(1)
+
+    def prepare(ctx: PrepareContext) -> Any:
+        if args.block == "prepare":
+            block()
+        return None
+
+    def apply(ctx: StageContext) -> None:
+        if args.block == "apply":
+            assert ctx.conversation is not None and ctx.turns
+            ctx.session.flush()  # the effects are written (uncommitted) when the kill lands
+            block()
+        if args.fail_prefix and ctx.call and ctx.call.conversation_id.startswith(args.fail_prefix):
+            raise RuntimeError(f"poison: {ctx.call.conversation_id}")
+
+    settings = get_settings()
+    crypto.configure(crypto.load_keyring(settings))
+    db = open_database(settings)
+    loop = WorkerLoop(settings=settings, db=db, process_next=lambda: False)
+    stages = [*default_stages(), Stage("harness", apply=apply, prepare=prepare)]
+    loop.process_next = make_process_next(
+        settings, db, worker_id=loop.worker_id, stats=loop.stats, stages=stages
+    )
+    loop.install_signal_handlers()
+    loop.run()
+
+
+if __name__ == "__main__":
+    main()

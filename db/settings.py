@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     memory_expand_per_hit: int = 2
     memory_expansion_factor: float = 0.9
     memory_index_cache_users: int = 256
+    # PostgreSQL only: the tool path searches pgvector (HNSW) and loads just the candidates when
+    # the user's in-process index is cold in this process, or when the user has more memories
+    # than this (loading and decrypting that many per query costs more than the search).
+    memory_db_search_threshold: int = 50_000
+    # Retrieval also reaches memories that mention the same entity (person, company, product,
+    # place) as the query or a hit, through the entity graph (issue 7 §5).
+    memory_entity_expand: bool = True
     embedder_threads: int = 1
 
     # --- operations: metrics, backups, key rotation (issue 6) --------------------------------

@@ -61,6 +61,8 @@ def build_retriever(settings: Settings, embedder: Embedder | None = None) -> Mem
         weights=weights_from(settings),
         expand=settings.memory_expand,
         expand_per_hit=settings.memory_expand_per_hit,
+        entity_expand=settings.memory_entity_expand,
+        db_search_threshold=settings.memory_db_search_threshold,
     )
 
 

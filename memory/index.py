@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,14 +57,29 @@ class Hit:
     recency: float
     link: float
     lexical: float
-    # Set when the memory came in through single-hop expansion from this hit.
+    # Set when the memory came in through single-hop expansion (a memory link or a shared
+    # entity) from this hit.
     via: int | None = None
+
+
+# Given the top hits' memory ids (best first), more memories to offer per hit:
+# {hit memory id: [(memory id, weight in [0, 1])]}. Used for the entity-graph hop.
+RelatedLookup = Callable[[list[int]], Mapping[int, Sequence[tuple[int, float]]]]
 
 
 class UserIndex:
     def __init__(
-        self, version: int, model: str, memories: list[IndexedMemory], links: list[Link]
+        self,
+        version: int,
+        model: str,
+        memories: list[IndexedMemory],
+        links: list[Link],
+        *,
+        link_avg: Mapping[int, float] | None = None,
     ) -> None:
+        """``link_avg`` (memory id -> average outgoing link weight) overrides the value computed
+        from ``links``: a partial index (database-side search loads only candidates) does not
+        hold every link target, and the link component must not depend on what was loaded."""
         self.version = version
         self.model = model
         self.memories = memories
@@ -99,6 +114,12 @@ class UserIndex:
         for row, items in neighbours.items():
             items.sort(key=lambda x: (-x[1], int(self.ids[x[0]])))
             self.link_avg[row] = sum(w for _, w in items) / len(items)
+        if link_avg is not None:
+            self.link_avg[:] = 0.0
+            for mid, avg in link_avg.items():
+                at = self.row_of.get(mid)
+                if at is not None:
+                    self.link_avg[at] = avg
         self.neighbours = neighbours
 
     def __len__(self) -> int:
@@ -116,8 +137,18 @@ class UserIndex:
         states: Iterable[str] | None = None,
         expand: bool = True,
         expand_per_hit: int = 2,
+        similarity: Mapping[int, float] | None = None,
+        related: RelatedLookup | None = None,
     ) -> list[Hit]:
-        """Top ``limit`` memories by composite score, then single-hop link expansion."""
+        """Top ``limit`` memories by composite score, then single-hop link expansion, then the
+        memories ``related`` offers for the hits (entity hop), all re-sorted together.
+
+        ``similarity`` (memory id -> cosine) replaces the computed similarity of those rows:
+        database-side search passes what pgvector measured, so both paths score one number.
+        An offered memory scores max(its own score, hit score x weight x expansion), like a
+        link neighbour; the filters apply to it as to any other row, and an id that is not in
+        this (per-user) index is ignored, so an offer can never leak another user's memory.
+        """
         n = len(self.memories)
         if n == 0 or limit <= 0:
             return []
@@ -125,6 +156,11 @@ class UserIndex:
         if not mask.any():
             return []
         sim = self.vectors @ query_vector.astype(np.float32)
+        if similarity:
+            for mid, value in similarity.items():
+                at = self.row_of.get(mid)
+                if at is not None:
+                    sim[at] = value
         lex = normalise(self.bm25.scores(query_text)) if weights.lexical else np.zeros(n)
         rec = recency_scores(self.lambdas, self.last_seen, now_epoch)
         score = composite_scores(sim, self.salience, rec, self.link_avg, lex, weights)
@@ -135,11 +171,18 @@ class UserIndex:
         # Deterministic order: score desc, then id asc for ties.
         top = top[np.lexsort((self.ids[top], -score[top]))]
         best: dict[int, tuple[float, int | None]] = {int(r): (float(score[r]), None) for r in top}
+
+        def offer(nrow: int, parent_row: int, weight: float) -> None:
+            own = float(score[nrow])
+            boosted = max(own, float(score[parent_row]) * weight * weights.expansion)
+            current = best.get(nrow)
+            if current is None or boosted > current[0]:
+                best[nrow] = (boosted, parent_row if boosted > own else None)
+
         if expand:
             # A sub-stage of "search" in the metrics and traces (db/metrics.py).
             with time_query_stage("expand"), tracing.span("memory_query.expand"):
                 for r in top.tolist():
-                    parent = float(score[r])
                     taken = 0
                     for nrow, w in self.neighbours.get(r, []):
                         if taken >= expand_per_hit:
@@ -147,10 +190,17 @@ class UserIndex:
                         if not mask[nrow]:
                             continue
                         taken += 1
-                        boosted = max(float(score[nrow]), parent * w * weights.expansion)
-                        current = best.get(nrow)
-                        if current is None or boosted > current[0]:
-                            best[nrow] = (boosted, r if boosted > float(score[nrow]) else None)
+                        offer(nrow, r, w)
+        if related is not None and top.size:
+            top_rows = set(top.tolist())
+            for parent_id, items in related([int(self.ids[r]) for r in top]).items():
+                prow = self.row_of.get(parent_id)
+                if prow is None or prow not in top_rows:
+                    continue
+                for mid, w in items:
+                    target = self.row_of.get(mid)
+                    if target is not None and target != prow and mask[target]:
+                        offer(target, prow, w)
         ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], int(self.ids[kv[0]])))[:limit]
         return [
             Hit(
@@ -264,6 +314,13 @@ class IndexCache:
 
 
 def build_index(
-    version: int, model: str, memories: Sequence[IndexedMemory], links: Sequence[Link]
+    version: int,
+    model: str,
+    memories: Sequence[IndexedMemory],
+    links: Sequence[Link],
+    *,
+    link_avg: Mapping[int, float] | None = None,
 ) -> UserIndex:
-    return UserIndex(version=version, model=model, memories=list(memories), links=list(links))
+    return UserIndex(
+        version=version, model=model, memories=list(memories), links=list(links), link_avg=link_avg
+    )

@@ -6,11 +6,12 @@ one process-wide cache keyed by (database, user) and validated by ``users.memory
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.models import Memory, MemoryEmbedding, MemoryLink, User
 from memory.index import IndexCache, IndexedMemory, Link, UserIndex, build_index
@@ -44,8 +45,12 @@ def user_version(session: Session, user_id: str) -> int | None:
     ).scalar_one_or_none()
 
 
-def load_index(session: Session, user_id: str, model: str, version: int) -> UserIndex:
-    rows = session.execute(
+def load_memories(
+    session: Session, user_id: str, model: str, ids: Collection[int] | None = None
+) -> list[IndexedMemory]:
+    """The user's memories with a ``model`` embedding (decrypted), by id; only ``ids`` when
+    given (database-side search loads its candidates, never the whole user)."""
+    query = (
         select(
             Memory.id,
             Memory.content,
@@ -62,8 +67,12 @@ def load_index(session: Session, user_id: str, model: str, version: int) -> User
         .join(MemoryEmbedding, MemoryEmbedding.memory_id == Memory.id)
         .where(Memory.user_id == user_id, MemoryEmbedding.embedding_model == model)
         .order_by(Memory.id)
-    ).all()
-    memories = [
+    )
+    if ids is not None:
+        if not ids:
+            return []
+        query = query.where(Memory.id.in_(list(ids)))
+    return [
         IndexedMemory(
             id=r.id,
             content=r.content,
@@ -76,8 +85,41 @@ def load_index(session: Session, user_id: str, model: str, version: int) -> User
             created_epoch=_epoch(r.created_at),
             valid_to_epoch=_epoch(r.valid_to) if r.valid_to is not None else None,
         )
-        for r in rows
+        for r in session.execute(query).all()
     ]
+
+
+def load_links_from(
+    session: Session, user_id: str, model: str, source_ids: Collection[int]
+) -> list[Link]:
+    """Outgoing links of ``source_ids`` whose target is one of the user's memories with a
+    ``model`` embedding: exactly the links a full index of the user would keep for them."""
+    if not source_ids:
+        return []
+    target = aliased(Memory)
+    has_vector = (
+        select(MemoryEmbedding.id)
+        .where(
+            MemoryEmbedding.memory_id == MemoryLink.target_memory_id,
+            MemoryEmbedding.embedding_model == model,
+        )
+        .exists()
+    )
+    rows = session.execute(
+        select(MemoryLink.source_memory_id, MemoryLink.target_memory_id, MemoryLink.link_weight)
+        .join(target, target.id == MemoryLink.target_memory_id)
+        .where(
+            MemoryLink.source_memory_id.in_(list(source_ids)),
+            MemoryLink.source_memory_id != MemoryLink.target_memory_id,
+            target.user_id == user_id,
+            has_vector,
+        )
+    ).all()
+    return [Link(int(s), int(t), float(w)) for s, t, w in rows]
+
+
+def load_index(session: Session, user_id: str, model: str, version: int) -> UserIndex:
+    memories = load_memories(session, user_id, model)
     link_rows = session.execute(
         select(MemoryLink.source_memory_id, MemoryLink.target_memory_id, MemoryLink.link_weight)
         .join(Memory, Memory.id == MemoryLink.source_memory_id)
@@ -85,6 +127,20 @@ def load_index(session: Session, user_id: str, model: str, version: int) -> User
     ).all()
     links = [Link(int(s), int(t), float(w)) for s, t, w in link_rows]
     return build_index(version, model, memories, links)
+
+
+def cached_index(
+    session: Session, user_id: str, model: str, version: int | None = None
+) -> UserIndex | None:
+    """The user's index if this process already holds it at ``version`` (the current one when
+    not given), without loading anything: one small query at most."""
+    if version is None:
+        version = user_version(session, user_id) or 0
+    return CACHE.get(cache_key(session, user_id), version, model)
+
+
+def is_cached(session: Session, user_id: str, model: str, version: int | None = None) -> bool:
+    return cached_index(session, user_id, model, version) is not None
 
 
 def get_index(session: Session, user_id: str, model: str) -> UserIndex:

@@ -26,8 +26,9 @@ lint: install ## ruff
 typecheck: install ## mypy --strict on our packages
 	$(BIN)/mypy api worker memory db
 
-tools: ## test tools that are not Python packages (promtool, for the alert-rule tests)
+tools: ## test tools that are not Python packages (promtool for the alert rules, chromium for the console)
 	./ops/install-promtool.sh
+	./ops/install-chromium.sh
 
 pytest: install tools ## the test suite only
 	$(BIN)/pytest

@@ -9,6 +9,7 @@ caller search by name decrypts names of the tenant's most recently active caller
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,8 +114,9 @@ def caller_rows(session: Session, users: Sequence[User]) -> list[dict[str, Any]]
 
 
 def _looks_like_number(query: str) -> bool:
-    digits = sum(c.isdigit() for c in query)
-    return digits >= 3 and digits >= len(query.replace(" ", "").replace("-", "")) - 2
+    """Digits with the usual punctuation: ``+1 (555) 010-0142``, ``555.010.0142``."""
+    compact = re.sub(r"[\s().+-]", "", query)
+    return len(compact) >= 3 and compact.isdigit()
 
 
 def search_callers(

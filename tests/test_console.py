@@ -29,8 +29,9 @@ CALL_1 = [
     ("user", "My dog is called Biscuit."),
 ]
 CALL_2 = [
-    ("agent", "Welcome back Maria, is the sync working?"),
-    ("user", "Yes, the Salesforce sync works again. We have 40 people on the sales team."),
+    ("agent", "Welcome back Maria, how is the sync?"),
+    ("user", "The Salesforce sync to your app stopped working again yesterday."),
+    ("user", "We have 40 people on the sales team, so it matters."),
 ]
 WRONG = "dog is called Biscuit"  # the memory the operator archives
 
@@ -124,8 +125,11 @@ def test_console_endpoints_over_a_story(client: TestClient, deployment: Deployme
     assert len(by_name) == 1 and by_name[0]["spoken_name"] == "Maria Lopez"
     caller = by_name[0]
     assert caller["calls"] == 2 and caller["memories"] >= 3
+    memories = admin_get(client, deployment, f"/v1/users/{caller['user_id']}/memories")
+    assert any(m["links"] for m in memories["memories"]), "the story links related memories"
     assert caller["numbers"] == ["+1••••••0142"], "numbers are shown masked"
-    by_number = admin_get(client, deployment, "/v1/console/callers?q=(555) 010-0142")["callers"]
+    q_number = "/v1/console/callers?q=%2B1 (555) 010.0142"
+    by_number = admin_get(client, deployment, q_number)["callers"]
     assert [c["user_id"] for c in by_number] == [caller["user_id"]]
     uid = caller["user_id"]
     by_id = admin_get(client, deployment, f"/v1/console/callers?q={uid}")["callers"]

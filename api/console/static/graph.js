@@ -67,8 +67,8 @@ export function layout(nodes, edges, width, height) {
       dy[i] += (cy - nodes[i].y) * 0.05 * ideal / 10;
       const len = Math.max(Math.sqrt(dx[i] * dx[i] + dy[i] * dy[i]), 0.01);
       const move = Math.min(len, temperature);
-      nodes[i].x = Math.min(width - 24, Math.max(24, nodes[i].x + (dx[i] / len) * move));
-      nodes[i].y = Math.min(height - 24, Math.max(24, nodes[i].y + (dy[i] / len) * move));
+      nodes[i].x = Math.min(width - 70, Math.max(70, nodes[i].x + (dx[i] / len) * move));
+      nodes[i].y = Math.min(height - 40, Math.max(24, nodes[i].y + (dy[i] / len) * move));
     }
     temperature = Math.max(temperature * 0.97, 0.5);
   }

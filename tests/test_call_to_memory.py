@@ -46,6 +46,7 @@ def test_a_processed_call_is_queryable_with_sources(
         user = session.scalar(select(User))
         assert user is not None
         assert user.summary  # regenerated after the call
+        assert user.name == "Maria Lopez"  # learned from "this is Maria Lopez"
         for memory in memories:
             assert memory.sources
             for source in memory.sources:

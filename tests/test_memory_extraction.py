@@ -157,3 +157,47 @@ def test_deterministic_and_fast() -> None:
         ex.extract(six)
     per_sec = 100 / (time.perf_counter() - start)
     assert per_sec >= 20, per_sec
+
+
+def test_self_introduced_caller_is_named_and_greetings_are_dropped() -> None:
+    from datetime import UTC, datetime
+
+    from memory.extractors.local import LocalExtractor
+    from memory.types import CallForExtraction, Turn
+
+    call = CallForExtraction(
+        conversation_id="c1",
+        start_time=datetime(2026, 11, 20, tzinfo=UTC),
+        turns=(
+            Turn(index=0, role="agent", text="Who am I speaking with?", time_in_call_secs=0),
+            Turn(
+                index=1,
+                role="user",
+                text="Hi, this is Maria Lopez. I work at Acme Logistics.",
+                time_in_call_secs=2,
+            ),
+            Turn(
+                index=2,
+                role="user",
+                text="Please always call me back after 5 pm.",
+                time_in_call_secs=5,
+            ),
+        ),
+    )
+    contents = [m.content for m in LocalExtractor().extract(call).memories]
+    joined = " | ".join(contents)
+    assert "The caller's name is Maria Lopez. Maria Lopez works at Acme Logistics." in joined
+    assert "call Maria Lopez back after 5 pm" in joined
+    assert not any(c.startswith("Hi") for c in contents)
+    assert "The caller" not in joined.replace("The caller's name is", "")
+
+
+def test_role_nouns_are_lowercase_mid_sentence() -> None:
+    from memory.extractors.local import lower_mid_sentence_roles
+
+    assert (
+        lower_mid_sentence_roles(
+            "Please call The caller back. The agent will reset it for The caller."
+        )
+        == "Please call the caller back. The agent will reset it for the caller."
+    )

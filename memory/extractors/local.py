@@ -132,7 +132,8 @@ _GREETING_NAME = re.compile(
 )
 # Spoken discourse openers that add nothing to a stored statement.
 _OPENER = re.compile(
-    r"^(?:(?:and|so|well|also|actually|anyway|oh|um|uh|yeah|yes|okay|ok|right|great|partly|"
+    r"^(?:(?:hi|hey|hello|good (?:morning|afternoon|evening)|"
+    r"and|so|well|also|actually|anyway|oh|um|uh|yeah|yes|okay|ok|right|great|partly|"
     r"sure|alright|please note that|just so you know,?|noted|got it|by the way,?)[\s,:;.!-]+)+",
     re.I,
 )
@@ -191,9 +192,36 @@ def salience(sentence: str, sector: Sector, kind: str, role: str) -> float:
     return round(min(1.0, max(0.05, s)), 4)
 
 
+# "this is Maria Lopez", "my name is Maria": a caller who introduces themselves is named in
+# every memory of the call instead of "The caller" (names resolved, self-contained memories).
+_SELF_INTRO = re.compile(
+    r"\b(?:my name is|my name's|this is|call me)\s+([A-Z][a-z]+(?:[ -][A-Z][a-z]+)?)\b"
+)
+_INTRO_SENTENCE = re.compile(
+    r"^(?i:my name is|my name's|this is|call me)\s+([A-Z][a-z]+(?:[ -][A-Z][a-z]+)?)[.!]?$"
+)
+_NOT_NAMES = frozenset({"The", "This", "That", "It", "Support", "Sales", "Billing", "Acme"})
+# Role nouns inserted mid-sentence by the third-person rewrite read "call The caller back".
+_MID_ROLE = re.compile(r"(?<=[^.!?] )The (caller|agent)\b")
+
+
+def introduced_name(turns: Iterable[Turn]) -> str | None:
+    for turn in turns:
+        if turn.role != "user":
+            continue
+        match = _SELF_INTRO.search(turn.text)
+        if match and match.group(1).split()[0] not in _NOT_NAMES:
+            return match.group(1)
+    return None
+
+
+def lower_mid_sentence_roles(text: str) -> str:
+    return _MID_ROLE.sub(lambda m: f"the {m.group(1)}", text)
+
+
 class _Names:
     def __init__(self, call: CallForExtraction) -> None:
-        self.caller = call.caller_name or "The caller"
+        self.caller = call.caller_name or introduced_name(call.turns) or "The caller"
         self.agent = call.agent_name or "The agent"
 
     def speaker(self, turn: Turn, prefixed: str | None) -> str:
@@ -250,7 +278,19 @@ def _turn_memories(
         if turn.role == "agent" and recalled_words and _echoes_recall(sentence, recalled_words):
             continue
         sector, kind = classify(sentence, turn.role)
-        text = resolve_relative_dates(to_third_person(sentence, speaker, listener), call.start_time)
+        intro = _INTRO_SENTENCE.match(sentence) if turn.role == "user" else None
+        if intro and intro.group(1).split()[0] not in _NOT_NAMES:
+            who = prefixed or "The caller"
+            key = (Sector.SEMANTIC, "fact")
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(f"{who}'s name is {intro.group(1)}.")
+            best[key] = max(best.get(key, 0.0), 0.7)
+            continue
+        text = lower_mid_sentence_roles(
+            resolve_relative_dates(to_third_person(sentence, speaker, listener), call.start_time)
+        )
         key = (sector, kind)
         if key not in groups:
             groups[key] = []

@@ -17,6 +17,7 @@ from db.settings import Settings
 from memory.call_input import call_from_elevenlabs, recalled_contents
 from memory.embedders import Embedder
 from memory.engine import build_writer, embedder_for, extractor_for
+from memory.extractors.local import introduced_name
 from memory.summary import regenerate_summary
 from memory.types import CallForExtraction, ExtractionResult
 from worker.pipeline import PrepareContext, Stage, StageContext
@@ -101,6 +102,12 @@ def apply_memories(ctx: StageContext) -> None:
         # questions and recency both depend on it).
         now=conversation.start_time,
     )
+    # A caller who said their name is greeted by it next time (init's user_name); an operator's
+    # edit is never overwritten.
+    if not user.name:
+        spoken = prepared.call.caller_name or introduced_name(prepared.call.turns)
+        if spoken:
+            user.name = spoken
     # Extractive here: an LLM summary would hold the write lock for seconds.
     regenerate_summary(ctx.session, user.user_id, now=ctx.now)
     log.info(

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from db.metrics import metrics
 from db.models import Entity, EntityMention, Memory, User
 from db.settings import Settings
 from db.tenancy import require_tenant
-from db.vectors import VectorHit
+from db.vectors import VectorHit, search_pg
 from memory import retrieval
 from memory.embedders import LocalEmbedder
 from memory.engine import weights_from
@@ -85,7 +86,7 @@ def _write(dep: Deployment, user_id: str, items: Sequence[tuple[str, str]]) -> d
     """Memories by content -> id (each written as its own call, like separate extractions)."""
     ids: dict[str, int] = {}
     for i, (content, sector) in enumerate(items):
-        candidate = CandidateMemory(content, sector, 0.6, (0,), valid_from=T0)  # type: ignore[arg-type]
+        candidate = CandidateMemory(content, sector, 0.6, (0,), valid_from=T0)
         with dep.db.write() as s:
             report = MemoryWriter(EMB).write_call(
                 s,
@@ -145,7 +146,7 @@ def _warm(dep: Deployment, retriever: MemoryRetriever, user_id: str) -> None:
 def pg_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts database-side searches (the k asked for, per call)."""
     calls: list[int] = []
-    real: Callable[..., list[VectorHit]] = retrieval.search_pg
+    real: Callable[..., list[VectorHit]] = search_pg
 
     def spy(session: Any, user_id: str, vec: Any, k: int, **kw: Any) -> list[VectorHit]:
         calls.append(k)
@@ -270,7 +271,7 @@ def test_entity_hop_outside_database_candidates(
     if not deployment.settings.is_sqlite:
         assert pg_calls == [2]
         with deployment.db.read() as s:
-            nearest = retrieval.search_pg(s, uid, EMB.embed([ENTITY_QUERY])[0], 2, model=EMB.name)
+            nearest = search_pg(s, uid, EMB.embed([ENTITY_QUERY])[0], 2, model=EMB.name)
         assert ids[WAREHOUSE] not in {h.memory_id for h in nearest}
 
 
@@ -311,7 +312,7 @@ def test_entity_lookup_failure_never_fails_the_query(
         raise AssertionError("unreachable on PostgreSQL")
 
     monkeypatch.setattr(retrieval, "related_memories", broken)
-    failures = retrieval.metrics().memory_query_stage.labels(stage="entity_hop_failed")
+    failures = metrics().memory_query_stage.labels(stage="entity_hop_failed")
     before = failures._sum.get()  # prometheus-client has no public reader
     with deployment.db.read() as s:
         hits = _retriever(deployment).search(s, uid, ENTITY_QUERY, now=NOW)

@@ -268,11 +268,11 @@ def complete(session: Session, job: Job, *, now: datetime) -> None:
         update(WebhookEvent)
         .where(_fenced(job.id, job.lease_token))
         .values(
+            # locked_by stays: it records which worker ran the event last.
             status="completed",
             processed_at=now,
             lease_token=None,
             locked_until=None,
-            locked_by=None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -304,7 +304,6 @@ def fail(
     values: dict[str, Any] = {
         "lease_token": None,
         "locked_until": None,
-        "locked_by": None,
         "error_class": error_class[:200],
         "error_message": message[:MAX_ERROR_CHARS],
     }

@@ -7,6 +7,8 @@
 written; in ``apply``: inside the completing transaction, after the conversation and its turns
 were written) and then waits forever, so the test can SIGKILL the process at that point.
 ``--fail-prefix``: the stage raises for conversations whose id starts with the prefix.
+Only the core stages run before it unless ``--all-stages`` (the queue is under test, and the
+memory engine's model load would dominate the runtime).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from db.settings import get_settings
 from worker.loop import WorkerLoop
 from worker.pipeline import PrepareContext, Stage, StageContext
 from worker.runner import make_process_next
-from worker.stages import default_stages
+from worker.stages import CORE_STAGES, default_stages
 
 
 def main() -> None:
@@ -30,6 +32,9 @@ def main() -> None:
     parser.add_argument("--block", choices=["prepare", "apply"])
     parser.add_argument("--marker", type=Path)
     parser.add_argument("--fail-prefix")
+    parser.add_argument(
+        "--all-stages", action="store_true", help="run the memory stages too (slower start)"
+    )
     args = parser.parse_args()
 
     def block() -> None:
@@ -55,7 +60,8 @@ def main() -> None:
     crypto.configure(crypto.load_keyring(settings))
     db = open_database(settings)
     loop = WorkerLoop(settings=settings, db=db, process_next=lambda: False)
-    stages = [*default_stages(), Stage("harness", apply=apply, prepare=prepare)]
+    base = default_stages() if args.all_stages else list(CORE_STAGES)
+    stages = [*base, Stage("harness", apply=apply, prepare=prepare)]
     loop.process_next = make_process_next(
         settings, db, worker_id=loop.worker_id, stats=loop.stats, stages=stages
     )

@@ -106,7 +106,9 @@ class MemoryRetriever:
             return []
         index: UserIndex | None
         if is_postgres(session):
-            version = user_version(session, user_id) or 0
+            version = user_version(session, user_id)
+            if version is None:
+                return []  # no such user: do not pay for an embedding
             index = cached_index(session, user_id, self.embedder.name, version)
             if index is not None and len(index) > self.db_search_threshold:
                 index = None

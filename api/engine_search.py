@@ -14,19 +14,9 @@ from sqlalchemy.orm import Session
 from api.search import SearchHit, SearchUnavailable
 from db.models import User
 from db.settings import Settings
-from memory.embedders import EmbedderError, get_embedder
+from memory.embedders import EmbedderError
+from memory.engine import build_retriever, embedder_for
 from memory.retrieval import MemoryRetriever
-from memory.scoring import Weights
-
-
-def weights_from(settings: Settings) -> Weights:
-    return Weights(
-        similarity=settings.w_similarity,
-        salience=settings.w_salience,
-        recency=settings.w_recency,
-        link=settings.w_link,
-        lexical=settings.w_lexical,
-    )
 
 
 class EngineSearch:
@@ -37,10 +27,12 @@ class EngineSearch:
     def retriever(self) -> MemoryRetriever:
         if self._retriever is None:
             try:
-                embedder = get_embedder(self.settings)
+                embedder = embedder_for(self.settings)
             except (EmbedderError, OSError, ValueError) as exc:
                 raise SearchUnavailable(f"embedder unavailable: {exc}") from exc
-            self._retriever = MemoryRetriever(embedder, weights=weights_from(self.settings))
+            # One factory for worker and API: every retrieval setting (weights, expansion,
+            # entity hop, database-search threshold) reaches the tool.
+            self._retriever = build_retriever(self.settings, embedder)
         return self._retriever
 
     def warm_up(self) -> None:

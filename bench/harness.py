@@ -191,13 +191,18 @@ class Deployment:
             raise RuntimeError(f"memory-query answered {resp.status_code}: {resp.text[:200]}")
         return ms, resp.json()
 
-    def queue_counts(self) -> dict[str, int]:
+    def queue_counts(self, event_type: str = "post_call_transcription") -> dict[str, int]:
+        """Status counts of one event type (post-call jobs schedule deferred reflection events,
+        which are not part of making a call queryable)."""
         with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30) as conn:
-            rows = conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status")
+            rows = conn.execute(
+                "SELECT status, count(*) FROM webhook_events WHERE event_type = ? GROUP BY status",
+                (event_type,),
+            )
             return {str(s): int(n) for s, n in rows}
 
     def wait_drained(self, expected: int, timeout: float) -> float:
-        """Seconds until ``expected`` events are completed (or dead-lettered); raises on timeout."""
+        """Seconds until ``expected`` post-call events are completed (or dead-lettered)."""
         t = time.perf_counter()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

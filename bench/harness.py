@@ -118,11 +118,11 @@ class Deployment:
             time.sleep(0.1)
         raise TimeoutError("API not ready")
 
-    def start_workers(self, processes: int) -> subprocess.Popen[bytes]:
+    def start_workers(self, processes: int, **env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "worker", "--processes", str(processes)],
             cwd=REPO,
-            env=self.env,
+            env={**self.env, **env},
             stdout=subprocess.DEVNULL,
             stderr=open(self.root / "worker.log", "ab"),
         )

@@ -13,27 +13,32 @@ redirect both (the smoke test writes to a temp dir).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import re
-import sqlite3
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-import httpx
+# As in the `voxmem` entry point (api/cli.py): one BLAS thread, set before numpy loads, so the
+# in-process server-side figures run the engine the way a deployed process does.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import sqlite3  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
-from bench.harness import REPO, SHARED, Deployment, deploy, free_port, pct, peak_rss_mb, six_turns
+import httpx  # noqa: E402
+
+from bench.harness import REPO, SHARED, Deployment, deploy, free_port, pct, peak_rss_mb, six_turns  # noqa: E402
 
 PY = ".venv/bin/python"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -427,6 +432,51 @@ def fig_query(quick: bool) -> list[Figure]:
 
 
 # --- call -> queryable, worker throughput, peak RSS -----------------------------------------------
+def _probe_calls(d: Deployment, probes: int, offset: int) -> tuple[list[float], list[float]]:
+    lat, floor = [], []
+    with httpx.Client(timeout=30) as c:
+        for k in range(probes):
+            i = offset + k
+            conv = f"conv_probe_{i:05d}"
+            word = f"zq{i:05d}x"
+            number = f"+1555{4000000 + i:07d}"
+            t0 = time.perf_counter()
+            ack = d.post_call(
+                c,
+                conversation_id=conv,
+                number=number,
+                turns=six_turns(i, f"My account code word is {word} for the refund."),
+                start=datetime.now(UTC),
+            )
+            first_q: float | None = None
+            deadline = time.monotonic() + 15
+            found = False
+            while time.monotonic() < deadline:
+                ms, body = d.memory_query(
+                    c,
+                    {
+                        "query": f"code word {word}",
+                        "caller_id": number,
+                        "limit": 5,
+                        "include_sources": True,
+                    },
+                )
+                first_q = ms if first_q is None else first_q
+                if any(
+                    s["conversation_id"] == conv
+                    for m in body["memories"]
+                    for s in m.get("sources") or []
+                ):
+                    found = True
+                    break
+                time.sleep(0.02)
+            if found:
+                lat.append((time.perf_counter() - t0) * 1000)
+            floor.append(ack + (first_q or 0.0))
+            time.sleep(0.3 + (k % 5) * 0.2)  # the worker idles between calls
+    return lat, floor
+
+
 def _throughput(d: Deployment, workers: int, calls: int, offset: int) -> float:
     proc = d.start_workers(workers)
     try:
@@ -480,65 +530,39 @@ def fig_queryable(quick: bool) -> list[Figure]:
             for n in (1, 2, 4):
                 rates[n] = _throughput(d, n, calls, offset)
                 offset += calls
-            proc = d.start_workers(1)
-            time.sleep(3.0)
-            lat, floor = [], []
-            with httpx.Client(timeout=30) as c:
-                for i in range(probes):
-                    conv = f"conv_probe_{i:04d}"
-                    word = f"zq{i:04d}x"
-                    number = f"+1555{4000000 + i:07d}"
-                    t0 = time.perf_counter()
-                    ack = d.post_call(
-                        c,
-                        conversation_id=conv,
-                        number=number,
-                        turns=six_turns(i, f"My account code word is {word} for the refund."),
-                        start=datetime.now(UTC),
+            bare = _bare_rss()
+            variants = [
+                ("default settings", {}),
+                ("queue_poll_max_secs=0.2", {"VOXMEM_QUEUE_POLL_MAX_SECS": "0.2"}),
+            ]
+            results = []
+            for v, (label, env) in enumerate(variants):
+                proc = d.start_workers(1, **env)
+                time.sleep(3.0)
+                lat, floor = _probe_calls(d, probes, offset=v * 1000)
+                results.append((label, lat, floor))
+                if v == 0:
+                    r.rows.append(
+                        Row("worker (1 process) peak RSS", peak_rss_mb(proc.pid), bare, unit="MiB")
                     )
-                    first_q: float | None = None
-                    deadline = time.monotonic() + 15
-                    found = False
-                    while time.monotonic() < deadline:
-                        ms, body = d.memory_query(
-                            c,
-                            {
-                                "query": f"code word {word}",
-                                "caller_id": number,
-                                "limit": 5,
-                                "include_sources": True,
-                            },
-                        )
-                        first_q = ms if first_q is None else first_q
-                        if any(
-                            s["conversation_id"] == conv
-                            for m in body["memories"]
-                            for s in m.get("sources") or []
-                        ):
-                            found = True
-                            break
-                        time.sleep(0.02)
-                    if found:
-                        lat.append((time.perf_counter() - t0) * 1000)
-                    floor.append(ack + (first_q or 0.0))
-                    time.sleep(0.3 + (i % 5) * 0.2)  # let the worker go idle, as between calls
-            r.rows.append(Row("API peak RSS", peak_rss_mb(d.api_pid), _bare_rss(), unit="MiB"))
-            r.rows.append(
-                Row("worker (1 process) peak RSS", peak_rss_mb(proc.pid), _bare_rss(), unit="MiB")
-            )
-            d.stop(proc)
+                d.stop(proc)
+            r.rows.insert(0, Row("API peak RSS", peak_rss_mb(d.api_pid), bare, unit="MiB"))
         finally:
             d.stop_all()
-    p50, p95, _ = ms_stats(lat) if lat else (float("nan"),) * 3
-    f50, f95, _ = ms_stats(floor)
-    q.rows += [
-        Row("call → queryable p50", p50, f50),
-        Row("call → queryable p95", p95, f95, target="≤ 1000 ms", met=p95 <= 1000),
-    ]
+    for label, lat, floor in results:
+        p50, p95, _ = ms_stats(lat) if lat else (float("nan"),) * 3
+        f50, f95, _ = ms_stats(floor)
+        q.rows += [
+            Row(f"call → queryable p50, {label}", p50, f50),
+            Row(f"call → queryable p95, {label}", p95, f95, target="≤ 1000 ms", met=p95 <= 1000),
+        ]
+        q.notes.append(f"{label}: {len(lat)}/{probes} calls became queryable within 15 s.")
     q.notes.append(
-        f"{probes} calls, one at a time, 1 worker process at default settings "
-        f"(idle poll backs off to queue_poll_max_secs); {len(lat)}/{probes} became queryable "
-        "within 15 s. Polling every 20 ms with the caller's number, limit 5, include_sources."
+        f"{probes} calls per row, one at a time with 0.3–1.1 s pauses (the worker idles between "
+        "calls as it does between real calls, so its poll interval backs off towards "
+        "queue_poll_max_secs, default 2 s), 1 worker process. Polling every 20 ms with the "
+        "caller's number, limit 5, include_sources, until a memory sourced from that call comes "
+        "back."
     )
     e2e = _engine_rate(quick)
     for n, rate in rates.items():

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.crypto import Keyring
@@ -200,15 +200,6 @@ class IngestWriter:
         self._thread = threading.Thread(target=self._run, name="voxmem-ingest", daemon=True)
         self._stopped = False
         self._insert_stmt = _build_insert(db.dialect)
-        binding = cast(Table, ConversationBinding.__table__)
-        self._binding_stmt = (
-            select(binding.c.user_id)
-            .where(
-                binding.c.tenant_id == bindparam("tenant_id"),
-                binding.c.conversation_id == bindparam("conversation_id"),
-            )
-            .limit(1)
-        )
         self._thread.start()
 
     def submit(self, item: PendingEvent) -> Future[InsertResult]:
@@ -276,14 +267,6 @@ class IngestWriter:
             fut.set_result(result)
 
     def _insert_one(self, conn: Connection, item: PendingEvent) -> InsertResult:
-        ordering_key = item.hint.user_key or item.hint.fallback_key
-        if item.conversation_id:
-            bound = conn.execute(
-                self._binding_stmt,
-                {"tenant_id": item.tenant_id, "conversation_id": item.conversation_id},
-            ).scalar()
-            if bound is not None:
-                ordering_key = _short("user", bound)
         now: datetime = utcnow()
         params: dict[str, Any] = {
             "tenant_id": item.tenant_id,
@@ -291,7 +274,8 @@ class IngestWriter:
             "event_type": item.event_type,
             "payload": item.payload,
             "conversation_id": item.conversation_id,
-            "ordering_key": ordering_key,
+            # Used unless a conversation-init binding names the user (resolved in SQL).
+            "ordering_hint": item.hint.user_key or item.hint.fallback_key,
             "status": "pending",
             "retry_count": 0,
             "max_attempts": item.max_attempts,
@@ -306,16 +290,38 @@ class IngestWriter:
 
 
 def _build_insert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING id, built once.
+    """One statement per event, built once (its compiled form is cached):
 
-    Core on the table with bind parameters: the compiled form is cached, so a request costs
-    one execute instead of an ORM statement construction (which dominated the profile).
+    INSERT … VALUES (…, COALESCE((SELECT 'user:' || user_id FROM conversation_bindings …),
+    :ordering_hint), …) ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING id
+
+    The bound user, when conversation-init recorded one, is looked up inside the INSERT, so
+    intake costs one round trip; ON CONFLICT makes a redelivery return no row (duplicate).
     """
     table = cast(Table, WebhookEvent.__table__)
+    binding = cast(Table, ConversationBinding.__table__)
+    bound_user = (
+        select(literal("user:") + binding.c.user_id)
+        .where(
+            binding.c.tenant_id == bindparam("tenant_id"),
+            binding.c.conversation_id == bindparam("conversation_id"),
+        )
+        .order_by(binding.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    values: dict[str, Any] = {
+        name: bindparam(name, type_=table.c[name].type)
+        for name in _INSERT_COLUMNS
+        if name != "ordering_key"
+    }
+    values["ordering_key"] = func.coalesce(
+        bound_user, bindparam("ordering_hint", type_=table.c.ordering_key.type)
+    )
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
         insert(table)
-        .values({name: bindparam(name, type_=table.c[name].type) for name in _INSERT_COLUMNS})
+        .values(values)
         .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
         .returning(table.c.id)
     )

@@ -357,3 +357,46 @@ def test_acknowledged_events_survive_a_kill_of_the_api(deployment: Deployment) -
     assert all(
         json.loads(e.payload or "")["type"] == "post_call_transcription" for e in events(deployment)
     )
+
+
+@pytest.mark.postgres
+def test_intake_on_postgresql(pg_settings: Any) -> None:
+    """The same INSERT … ON CONFLICT DO NOTHING RETURNING path on PostgreSQL."""
+    from api.app import create_app
+    from db import crypto
+    from db.bootstrap import bootstrap
+    from db.engine import open_database
+    from db.models import DEFAULT_TENANT
+    from db.tenancy import active_webhook_secrets, require_tenant
+    from memory.identity import bind_conversation, create_guest
+
+    bootstrap(pg_settings, issue_tokens=False)
+    crypto.configure(crypto.load_keyring(pg_settings))
+    db = open_database(pg_settings)
+    try:
+        with db.write() as session:
+            tenant = require_tenant(session, DEFAULT_TENANT)
+            secret = active_webhook_secrets(session, tenant.id)[0]
+            user = create_guest(session, tenant.id)
+            bind_conversation(
+                session,
+                tenant.id,
+                user,
+                conversation_id="conv_6801kb3m9q2rv4tx8e0d7c5j1n3p",
+                call_sid=None,
+                agent_id=None,
+            )
+            user_id = user.user_id
+        body = fixture_body()
+        with TestClient(create_app(pg_settings)) as client:
+            statuses = [
+                client.post(PATH, content=body, headers=signed(secret, body)).json()["status"]
+                for _ in range(2)
+            ]
+        assert statuses == ["accepted", "duplicate"]
+        with db.read() as session:
+            (event,) = session.scalars(select(WebhookEvent))
+        assert event.ordering_key == f"user:{user_id}"
+        assert event.payload is not None and event.payload.encode() == body
+    finally:
+        db.dispose()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
 from fastapi.testclient import TestClient
 
@@ -28,6 +29,15 @@ FIXTURES = SHARED / "elevenlabs" / "fixtures"
 
 # The embedded PostgreSQL server and the sqlite/postgres parametrised fixtures (tests/pg.py).
 pytest_plugins = ["tests.pg"]
+
+# The long fuzzing run: `pytest -k fuzz --hypothesis-profile=long` raises
+# every fuzz test's example budget (tests/test_fuzz_*.py read it through `fuzz_examples`).
+hypothesis.settings.register_profile("long", max_examples=20_000, deadline=None)
+
+
+def fuzz_examples(ci_budget: int) -> int:
+    """The CI budget, or the active hypothesis profile's max_examples when that is larger."""
+    return max(ci_budget, hypothesis.settings.default.max_examples)
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:

@@ -40,7 +40,7 @@ def maybe_json(value: Any) -> Any:
         if text[:1] in ("{", "["):
             try:
                 return json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # nesting deeper than the interpreter's stack
                 return value
     return value
 
@@ -66,7 +66,7 @@ def as_int(value: Any) -> int | None:
         text = value.strip()
         try:
             return int(float(text)) if text else None
-        except ValueError:
+        except (ValueError, OverflowError):  # "1e999" parses to inf
             return None
     return None
 
@@ -132,6 +132,8 @@ def parse_envelope(body: bytes | str) -> Envelope:
         doc = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError("body is not UTF-8 JSON") from exc
+    except RecursionError as exc:  # e.g. 100k nested arrays: a 400, not a 500
+        raise PayloadError("body is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise PayloadError("body is not a JSON object")
     event_type = doc.get("type")

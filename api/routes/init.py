@@ -77,7 +77,7 @@ class InitRequest:
         """Tolerant: missing, null, non-string or unknown fields never raise."""
         try:
             body = json.loads(raw) if raw else {}
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
             body = {}
         if not isinstance(body, dict):
             body = {}

@@ -332,21 +332,6 @@ def load(
         max_mem = conn.execute(select(func.max(Memory.__table__.c.id))).scalar() or 0
         max_emb = conn.execute(select(func.max(MemoryEmbedding.__table__.c.id))).scalar() or 0
         have = conn.execute(select(func.count()).select_from(Memory.__table__)).scalar() or 0
-    embedder = get_embedder(settings)
-    texts = pool_texts(pool)
-    t = time.perf_counter()
-    vecs = np.vstack([embedder.embed(texts[i : i + 256]) for i in range(0, len(texts), 256)])
-    embed_s = time.perf_counter() - t
-    loader = Loader(
-        engine=engine,
-        tenant_id=int(tenant_id),
-        pool=texts,
-        vectors=vecs.astype(np.float32),
-        model=embedder.name,
-        rng=np.random.default_rng(seed + int(have)),
-        next_memory_id=int(max_mem) + 1,
-        next_embedding_id=int(max_emb) + 1,
-    )
     plan: list[tuple[str, int]] = []
     for size in sizes:
         key = str(size)
@@ -367,6 +352,24 @@ def load(
             room -= n
             i += 1
         manifest["filler_users"] = start_idx + len(filler)
+    if not plan and not filler:
+        engine.dispose()
+        return manifest  # already loaded to this size: nothing to embed or insert
+    embedder = get_embedder(settings)
+    texts = pool_texts(pool)
+    t = time.perf_counter()
+    vecs = np.vstack([embedder.embed(texts[i : i + 256]) for i in range(0, len(texts), 256)])
+    embed_s = time.perf_counter() - t
+    loader = Loader(
+        engine=engine,
+        tenant_id=int(tenant_id),
+        pool=texts,
+        vectors=vecs.astype(np.float32),
+        model=embedder.name,
+        rng=np.random.default_rng(seed + int(have)),
+        next_memory_id=int(max_mem) + 1,
+        next_embedding_id=int(max_emb) + 1,
+    )
     loader.load(plan + filler)
     with engine.connect() as conn:
         manifest["total"] = conn.execute(

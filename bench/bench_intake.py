@@ -59,6 +59,7 @@ class Result:
     ok_at_rate: int
     max_per_sec: float
     ok_at_max: int
+    cpu_ms_per_request: float
 
 
 def free_port() -> int:
@@ -110,8 +111,13 @@ async def at_rate(port: int, requests: list[bytes], rate: float) -> tuple[list[f
 
     async def one(raw: bytes, due: float) -> None:
         nonlocal ok
-        conn = idle.pop() if idle else await connect(port)
-        status, body = await conn.send(raw)
+        conn = idle.pop(0) if idle else await connect(port)
+        try:
+            status, body = await conn.send(raw)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed an idle keep-alive connection (timeout_keep_alive): reconnect.
+            conn = await connect(port)
+            status, body = await conn.send(raw)
         latencies.append(time.perf_counter() - due)
         if status == 200 and b"accepted" in body:
             ok += 1
@@ -172,6 +178,12 @@ def start_server(target: str, env: dict[str, str]) -> tuple[subprocess.Popen[byt
     raise RuntimeError(f"{target} server did not start")
 
 
+def process_cpu_secs(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
     """p50/p99 of a 4 KiB write + fsync on the data dir's disk: the floor under a durable ack."""
     path = directory / "fsync.probe"
@@ -208,7 +220,9 @@ def run_one(
         paced = build_requests(secret, int(rate * seconds), f"{target}rate")
         latencies, ok_rate = asyncio.run(at_rate(port, paced, rate))
         burst = build_requests(secret, int(max(2000, rate * seconds)), f"{target}max")
+        cpu_before = process_cpu_secs(proc.pid)
         elapsed, ok_max = asyncio.run(flat_out(port, burst, concurrency))
+        cpu_used = process_cpu_secs(proc.pid) - cpu_before
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -223,6 +237,7 @@ def run_one(
         ok_at_rate=ok_rate,
         max_per_sec=ok_max / elapsed if target == "voxmem" else len(burst) / elapsed,
         ok_at_max=ok_max if target == "voxmem" else len(burst),
+        cpu_ms_per_request=cpu_used / len(burst) * 1000,
     )
 
 
@@ -270,6 +285,7 @@ def main() -> None:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="voxmem-bench-") as tmp:
         env, secret, db_path = prepare_deployment(Path(tmp))
         disk = fsync_ms(db_path.parent)
@@ -286,6 +302,11 @@ def main() -> None:
         (f"ack latency p99 at {args.rate:.0f} req/s (ms)", real.p99_ms, bare.p99_ms),
         (f"max latency at {args.rate:.0f} req/s (ms)", real.max_ms, bare.max_ms),
         (f"max accepted/s, {args.concurrency} connections", real.max_per_sec, bare.max_per_sec),
+        (
+            "server CPU per request at max rate (ms)",
+            real.cpu_ms_per_request,
+            bare.cpu_ms_per_request,
+        ),
     ]
     lines = [
         "## Post-call intake",
@@ -312,7 +333,9 @@ def main() -> None:
         "acknowledged (every 200 `accepted` is a committed row). "
         f"fsync of 4 KiB on the data disk in this run: p50 {disk[0]:.2f} / p99 {disk[1]:.2f} ms "
         f"before, {disk_after[0]:.2f} / {disk_after[1]:.2f} ms after (each acknowledgement waits "
-        "for one WAL fsync, shared by the batch).",
+        "for one WAL fsync, shared by the batch). "
+        f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after "
+        "(the machine is shared; figures from a busy box understate an idle one).",
         "",
     ]
     text = "\n".join(lines)

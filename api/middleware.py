@@ -14,6 +14,10 @@ from db import metrics, tracing
 
 log = structlog.get_logger("voxmem.http")
 
+# httptools (uvicorn[standard]) puts no limit on request headers; real clients send a few KiB.
+MAX_HEADER_BYTES = 32 * 1024
+_TOO_LARGE_BODY = b'{"detail":"request headers too large"}'
+
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
@@ -22,6 +26,20 @@ class RequestContextMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        if sum(len(name) + len(value) + 4 for name, value in headers) > MAX_HEADER_BYTES:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 431,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": _TOO_LARGE_BODY})
             return
         request_id = ""
         for name, value in scope.get("headers", []):

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     intake_commit_timeout_secs: float = 10.0
     # Bodies larger than this are verified and parsed on a thread, not on the event loop.
     intake_offload_bytes: int = 256 * 1024
+    # The whole webhook body must arrive within this many seconds, else 408 (slow-loris guard;
+    # uvicorn itself has no body read timeout).
+    intake_body_timeout_secs: float = 30.0
 
     # --- queue ------------------------------------------------------------------------------
     queue_lease_secs: float = 300.0

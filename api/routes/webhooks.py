@@ -27,6 +27,7 @@ from api.intake import (
 )
 from api.security.body import (
     BadContentLengthError,
+    BodyTimeoutError,
     BodyTooLargeError,
     ClientDisconnectedError,
     read_capped_body,
@@ -140,11 +141,17 @@ async def _intake(request: Request, slug: str) -> Response:
 
     try:
         body = await read_capped_body(
-            request.receive, request.scope["headers"], settings.max_body_bytes
+            request.receive,
+            request.scope["headers"],
+            settings.max_body_bytes,
+            settings.intake_body_timeout_secs,
         )
     except BodyTooLargeError as exc:
         log.warning("webhook.too_large", tenant=slug, limit=exc.limit)
         return _reject(413, str(exc), "too_large")
+    except BodyTimeoutError as exc:
+        log.warning("webhook.body_timeout", tenant=slug, timeout_secs=exc.timeout_secs)
+        return _reject(408, str(exc), "body_timeout")
     except BadContentLengthError as exc:
         return _reject(400, str(exc), "content_length")
     except ClientDisconnectedError as exc:

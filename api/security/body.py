@@ -4,9 +4,15 @@
 check up front. Here the declared length is checked before the first read, and the running
 count of received bytes after every chunk, so an oversized body is refused with 413 as soon as
 it crosses the cap and the rest is never read into memory.
+
+The whole body must also arrive within ``timeout_secs``: uvicorn has no body read timeout
+(``timeout_keep_alive`` only covers the idle time between requests), so without this a client
+trickling one byte a second (slow loris) holds the request open for as long as it likes.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.types import Receive
 
@@ -25,6 +31,12 @@ class ClientDisconnectedError(Exception):
     pass
 
 
+class BodyTimeoutError(Exception):
+    def __init__(self, timeout_secs: float) -> None:
+        super().__init__(f"request body not received within {timeout_secs:g} s")
+        self.timeout_secs = timeout_secs
+
+
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
@@ -36,12 +48,25 @@ def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 async def read_capped_body(
-    receive: Receive, headers: list[tuple[bytes, bytes]], limit: int
+    receive: Receive,
+    headers: list[tuple[bytes, bytes]],
+    limit: int,
+    timeout_secs: float | None = None,
 ) -> bytes:
     declared = declared_length(headers)
     if declared is not None and declared > limit:
         # Refuse before reading: with `Expect: 100-continue` the client never even sends it.
         raise BodyTooLargeError(limit)
+    if timeout_secs is None or timeout_secs <= 0:
+        return await _read(receive, limit)
+    try:
+        async with asyncio.timeout(timeout_secs):
+            return await _read(receive, limit)
+    except TimeoutError:
+        raise BodyTimeoutError(timeout_secs) from None
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     body = bytearray()
     while True:
         message = await receive()

@@ -206,6 +206,12 @@ class IngestWriter:
     def submit(self, item: PendingEvent) -> Future[InsertResult]:
         if self._stopped:
             raise WriterStoppedError("ingest writer stopped")
+        if not self._thread.is_alive():
+            # Never expected (the loop catches per-batch errors), but a dead writer would turn
+            # every webhook into a 503 after the timeout: start a fresh one.
+            log.error("intake.writer_restarted")
+            self._thread = threading.Thread(target=self._run, name="voxmem-ingest", daemon=True)
+            self._thread.start()
         future: Future[InsertResult] = Future()
         self._queue.put((item, future))
         return future

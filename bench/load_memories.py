@@ -284,14 +284,13 @@ def settings_for(data_dir: Path) -> Settings:
 
 
 def ensure_deployment(root: Path) -> Path:
-    """``voxmem migrate`` into ``root``/data once; returns the data dir."""
-    data_dir = root / "data"
-    if not (data_dir / "voxmem.db").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        from bench.harness import deploy
+    """``voxmem migrate`` into ``root``/data (idempotent: an existing database is brought to the
+    current schema head, as a deploy would); returns the data dir."""
+    from bench.harness import deploy
 
-        deploy(root)
-    return data_dir
+    root.mkdir(parents=True, exist_ok=True)
+    deploy(root)
+    return root / "data"
 
 
 def load(

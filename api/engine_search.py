@@ -53,8 +53,13 @@ class EngineSearch:
             found = self.retriever().search(
                 session, user.user_id, query, limit=limit, sectors=sectors
             )
+        except SearchUnavailable:
+            raise
         except EmbedderError as exc:
             raise SearchUnavailable(f"embedding failed: {exc}") from exc
+        except Exception as exc:  # e.g. onnxruntime's own errors: a caller on
+            # the phone gets "memory unavailable", never a failed tool call (issue 10)
+            raise SearchUnavailable(f"search failed: {type(exc).__name__}") from exc
         epoch = datetime.fromtimestamp(0, tz=UTC)
         return [
             SearchHit(

@@ -116,7 +116,10 @@ class Deployment:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError("API not ready")
+        proc.terminate()
+        proc.wait(timeout=20)
+        self.procs.remove(proc)
+        raise TimeoutError(f"API not ready in {timeout}s; see {self.root}/api.log")
 
     def start_workers(self, processes: int, **env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(

@@ -277,6 +277,51 @@ def _floor_scan(db_path: Path, user_id: str, n: int) -> list[float]:
     return out
 
 
+def _engine_stages(d: Deployment, user_id: str, n: int) -> dict[str, Any]:
+    """Where a warm query's time goes inside the engine (no HTTP): the user's index load (cold),
+    the query embedding, the exact vector scan alone, and the whole ``UserIndex.search``
+    (vectors + BM25 + composite + expansion)."""
+    from db import crypto
+    from db.engine import open_database
+    from db.settings import Settings
+    from memory.embedders import get_embedder
+    from memory.engine import weights_from
+    from memory.loader import get_index
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=d.env["VOXMEM_DATABASE_URL"],
+        data_dir=Path(d.env["VOXMEM_DATA_DIR"]),
+        log_level="ERROR",
+    )
+    crypto.configure(crypto.load_keyring(settings))
+    db = open_database(settings)
+    emb = get_embedder(settings)
+    emb.embed(["warm up"])
+    weights = weights_from(settings)
+    try:
+        with db.read() as session:
+            t = time.perf_counter()
+            index = get_index(session, user_id, emb.name)
+            load_ms = (time.perf_counter() - t) * 1000
+        embed, scan, search = [], [], []
+        for i in range(n):
+            q = QUERIES[i % len(QUERIES)]
+            t0 = time.perf_counter()
+            v = emb.embed([q])[0]
+            t1 = time.perf_counter()
+            _ = index.vectors @ v
+            t2 = time.perf_counter()
+            index.search(v, q, now_epoch=time.time(), limit=10, weights=weights)
+            t3 = time.perf_counter()
+            embed.append((t1 - t0) * 1000)
+            scan.append((t2 - t1) * 1000)
+            search.append((t3 - t2) * 1000)
+    finally:
+        db.dispose()
+    return {"load_ms": load_ms, "embed": embed, "scan": scan, "search": search}
+
+
 def _server_side(d: Deployment, user_id: str, n: int) -> tuple[float, list[float]]:
     """The real app in process (ASGI, no TCP): (cold first-query ms, warm samples)."""
     from fastapi.testclient import TestClient
@@ -314,9 +359,9 @@ def _server_side(d: Deployment, user_id: str, n: int) -> tuple[float, list[float
 def _client_side(
     d: Deployment, users: dict[int, str], n: int
 ) -> dict[int, tuple[float, list[float]]]:
-    d.start_api(timeout=120)
     res: dict[int, tuple[float, list[float]]] = {}
     try:
+        d.start_api(timeout=180)
         with httpx.Client(timeout=60) as c:
             for size, uid in sorted(users.items()):
                 cold, _ = d.memory_query(c, {"query": "warm", "user_id": uid, "limit": 10})
@@ -406,6 +451,16 @@ def fig_query(quick: bool) -> list[Figure]:
                 Row(f"client-side p95 ({where})", c95, f95),
                 Row(f"cold first query, index load ({where})", cold, None),
             ]
+            st = _engine_stages(d, uid, n)
+            fig.rows += [
+                Row(f"engine: query embedding p95 ({where})", pct(st["embed"], 0.95), None),
+                Row(
+                    f"engine: UserIndex.search p95, warm ({where})",
+                    pct(st["search"], 0.95),
+                    pct(st["scan"], 0.95),
+                ),
+                Row(f"engine: index load, cold ({where})", st["load_ms"], None),
+            ]
             fig.raw[f"{name}:{size}"] = {"client_cold_ms": ccold}
         fig.raw[f"{name}:api_peak_rss_mb"] = client[-1][0]
         fig.raw[f"{name}:load"] = manifest["load_seconds"]
@@ -424,6 +479,9 @@ def fig_query(quick: bool) -> list[Figure]:
         f"{n} queries per size, 16 realistic queries in rotation, limit 10. Server-side: the real "
         "app in process (auth, middleware, DB, engine) through Starlette's TestClient, no TCP. "
         "Client-side: `voxmem serve` over loopback with a keep-alive httpx client.",
+        "engine rows: the same process-local engine without HTTP; the floor of "
+        "UserIndex.search is the exact vector matmul alone over the user's matrix, so the ratio "
+        "shows what BM25, the composite and expansion add on top of the vector scan.",
         "Cold: the first query for a user after start-up loads its index (read + decrypt every "
         "memory, build BM25); it is cached per process and rebuilt only when the user's "
         "memory_version changes.",

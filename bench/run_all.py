@@ -170,6 +170,14 @@ def fig_intake(quick: bool) -> list[Figure]:
                     unit="req/s",
                 )
             )
+            if "cpu_ms_per_request" in real:
+                fig.rows.append(
+                    Row(
+                        "server CPU per accepted webhook at max rate",
+                        real["cpu_ms_per_request"],
+                        bare["cpu_ms_per_request"],
+                    )
+                )
     fig.notes.append(
         "Open-loop client (latency counted from each request's scheduled send), one uvicorn "
         "process, SQLite WAL synchronous=FULL, 12.6 KB signed bodies, no workers."
@@ -910,6 +918,46 @@ def fig_insights(quick: bool) -> list[Figure]:
     return [fig]
 
 
+def fig_endpoints(quick: bool) -> list[Figure]:
+    memories, requests = (2000, 50) if quick else (10_000, 300)
+    cmd = f"{PY} -m bench.bench_endpoints --memories {memories} --requests {requests}"
+    fig = Figure(
+        "endpoints",
+        "Agent endpoints in process (bench_endpoints: TestClient, random-vector memories)",
+        cmd,
+        floor_name="GET /health/live through the same TestClient and middleware",
+    )
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.bench_endpoints", "--memories", str(memories)),
+            *("--requests", str(requests)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if out.returncode != 0:
+        fig.notes.append(f"failed: {out.stderr.strip()[-300:]}")
+        return [fig]
+    table = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[1].isdigit():
+            table[cells[0]] = (float(cells[2]), float(cells[3]))
+        elif line.startswith("cold:"):
+            fig.notes.append(line)
+    floor = next((v for k, v in table.items() if k.startswith("GET /health/live")), None)
+    for name, (p50, p95) in table.items():
+        if name.startswith("GET /health/live"):
+            continue
+        fig.rows += [
+            Row(f"{name}: p50", p50, floor[0] if floor else None),
+            Row(f"{name}: p95", p95, floor[1] if floor else None),
+        ]
+    return [fig]
+
+
 FIGURES: dict[str, Callable[[bool], list[Figure]]] = {
     "intake": fig_intake,
     "init": fig_init,
@@ -918,11 +966,13 @@ FIGURES: dict[str, Callable[[bool], list[Figure]]] = {
     "query": fig_query,
     "locomo": fig_locomo,
     "insights": fig_insights,
+    "endpoints": fig_endpoints,
 }
 ORDER = [
     "intake",
     "init",
     "query",
+    "endpoints",
     "queryable",
     "workers",
     "extraction",

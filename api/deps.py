@@ -15,3 +15,7 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+# The largest integer SQLite (and a PostgreSQL BIGINT) can bind: ids and counts in paths and
+# query strings are bounded by it, so an oversized one is a 422 instead of an OverflowError (500).
+MAX_SQL_INT = 2**63 - 1

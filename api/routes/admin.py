@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from api.auth import AdminAuth
-from api.deps import StateDep
+from api.deps import MAX_SQL_INT, StateDep
 from db import queue
 from db.models import (
     MEMORY_STATES,
@@ -49,7 +49,7 @@ log = structlog.get_logger("voxmem.admin")
 router = APIRouter(prefix="/v1", tags=["admin"])
 
 UserId = Annotated[str, Path(max_length=200, examples=["usr_3f9a1c2b4d5e6f70"])]
-MemoryId = Annotated[int, Path(ge=1)]
+MemoryId = Annotated[int, Path(ge=1, le=MAX_SQL_INT)]
 SectorName = Literal["semantic", "episodic", "procedural", "emotional", "reflective"]
 ManualState = Literal["active", "paused", "archived"]
 
@@ -135,7 +135,7 @@ def list_users(
     identity: AdminAuth,
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_SQL_INT)] = 0,
 ) -> dict[str, Any]:
     with state.db.read() as session:
         users = session.scalars(
@@ -549,7 +549,7 @@ def list_events(
     },
 )
 def retry_event(
-    event_id: Annotated[int, Path(ge=1)], identity: AdminAuth, state: StateDep
+    event_id: Annotated[int, Path(ge=1, le=MAX_SQL_INT)], identity: AdminAuth, state: StateDep
 ) -> dict[str, Any]:
     with state.db.write() as session:
         row = session.get(WebhookEvent, event_id)

@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 
 from api.auth import AdminAuth
-from api.deps import StateDep
+from api.deps import MAX_SQL_INT, StateDep
 from db import queue, queue_overview
 from memory import console
 
@@ -102,7 +102,7 @@ def conversation_transcript(
 )
 def memory_sources(
     user_id: Annotated[str, Path(max_length=200)],
-    memory_id: Annotated[int, Path(ge=1)],
+    memory_id: Annotated[int, Path(ge=1, le=MAX_SQL_INT)],
     identity: AdminAuth,
     state: StateDep,
 ) -> dict[str, Any]:

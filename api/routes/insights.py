@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from api.auth import AdminAuth
-from api.deps import StateDep
+from api.deps import MAX_SQL_INT, StateDep
 from api.routes.health import HEALTH_CHECKS
 from api.state import AppState
 from db.models import User, UserProfile, WebhookEvent
@@ -62,7 +62,7 @@ class RatingPatch(BaseModel):
 )
 def rate_interaction(
     user_id: UserId,
-    interaction_id: Annotated[int, Path(ge=1)],
+    interaction_id: Annotated[int, Path(ge=1, le=MAX_SQL_INT)],
     body: RatingPatch,
     identity: AdminAuth,
     state: StateDep,
@@ -210,7 +210,7 @@ def list_patterns(
     identity: AdminAuth,
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    min_usage: Annotated[int, Query(ge=1)] = 1,
+    min_usage: Annotated[int, Query(ge=1, le=MAX_SQL_INT)] = 1,
 ) -> dict[str, Any]:
     with state.db.read() as session:
         return {

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint typecheck pytest bench clean tools
+.PHONY: help install run test lint typecheck pytest bench clean tools audit
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,10 @@ pytest: install tools ## the test suite only
 	$(BIN)/pytest
 
 test: install lint typecheck pytest ## everything CI runs
+
+audit: install ## pinned dependencies against PyPI's vulnerability data (needs the PyPI JSON API; not part of `test`, see docs/security.md)
+	$(BIN)/pip-audit -r constraints.txt --no-deps --disable-pip --vulnerability-service pypi --strict \
+		$$(grep -oE '^[A-Za-z0-9-]+' ops/pip-audit-allowlist.txt | sed 's/^/--ignore-vuln /')
 
 bench: install ## every benchmark; rewrites docs/benchmarks.md
 	$(BIN)/python -m bench.run_all

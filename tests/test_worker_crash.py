@@ -107,6 +107,12 @@ def test_producers_and_workers_lose_nothing_and_double_nothing(
         conv=CONV,
     )
     try:
+        # Both worker processes polling before the load starts, so each gets a share.
+        wait_for(
+            lambda: len(sql(deployment, "SELECT worker_id FROM worker_heartbeats")) >= 2,
+            timeout=60,
+            what="two workers registered",
+        )
         procs = [
             subprocess.Popen(
                 [

@@ -256,3 +256,102 @@ def test_retention_and_upload_command(deployment: Deployment, tmp_path: Path) ->
     failing = deployment.settings.model_copy(update={"backup_upload_command": "false"})
     with pytest.raises(BackupError, match="upload command exited with 1"):
         create_backup(failing, dest)
+
+
+class WebhookWriter(threading.Thread):
+    """Posts signed post-call webhooks to the live API; records each conversation id once the
+    API answered 200 accepted (an acknowledgement ElevenLabs relies on)."""
+
+    def __init__(self, server: LiveServer) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.acked: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def snapshot(self) -> set[str]:
+        with self.lock:
+            return set(self.acked)
+
+    def run(self) -> None:
+        import json
+        from datetime import UTC, datetime
+
+        import httpx
+
+        from api.commands.demo import post_call_payload, signed_headers
+
+        secret = self.server.deployment.webhook_secret
+        try:
+            with httpx.Client(base_url=self.server.base_url, timeout=30) as http:
+                i = 0
+                while not self.stop.is_set():
+                    conversation_id = f"conv_bk_{i:06d}"
+                    payload = post_call_payload(
+                        conversation_id=conversation_id,
+                        agent_id="agent_backup",
+                        number="+14155550199",
+                        turns=[("user", f"Order number {i} is late."), ("agent", "Sorry.")],
+                        start=datetime.now(UTC),
+                        duration_secs=30,
+                        outcome="success",
+                        summary=None,
+                        summary_title=None,
+                        evaluation=None,
+                        data_collection=None,
+                        timezone=None,
+                    )
+                    body = json.dumps(payload).encode()
+                    r = http.post(
+                        "/webhook/post-call", content=body, headers=signed_headers(secret, body)
+                    )
+                    if r.status_code != 200 or r.json() != {"status": "accepted"}:
+                        raise AssertionError(f"{r.status_code} {r.text}")
+                    with self.lock:
+                        self.acked.append(conversation_id)
+                    i += 1
+        except BaseException as exc:
+            self.error = exc
+
+
+def conversation_ids(db_file: Path) -> set[str]:
+    conn = sqlite3.connect(db_file)
+    try:
+        return {row[0] for row in conn.execute("SELECT conversation_id FROM webhook_events")}
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_backup_under_real_webhook_load_then_restore(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    deployment = live_server.deployment
+    db_file = deployment.settings.sqlite_path
+    assert db_file is not None
+    writer = WebhookWriter(live_server)
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.snapshot()) >= 30)
+        acked_before = writer.snapshot()
+        result = run_cli(deployment, "backup", str(tmp_path / "backups"))
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: len(writer.snapshot()) > len(acked_before) + 10)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    acked_total = writer.snapshot()
+
+    # restore refuses while the service runs: stop it first, as the runbook says.
+    live_server.proc.terminate()
+    live_server.proc.wait(timeout=30)
+    deployment.db.dispose()
+    backup = Path(result.stdout.strip().splitlines()[-1])
+    restored = run_cli(deployment, "restore", str(backup))
+    assert restored.returncode == 0, restored.stderr
+    assert integrity(db_file) == "ok"
+    in_backup = conversation_ids(db_file)
+    assert acked_before <= in_backup  # every webhook acknowledged before the backup began
+    assert in_backup <= acked_total  # and nothing that was never acknowledged

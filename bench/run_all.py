@@ -294,7 +294,7 @@ def _engine_stages(d: Deployment, user_id: str, n: int) -> dict[str, Any]:
     from db.settings import Settings
     from memory.embedders import get_embedder
     from memory.engine import weights_from
-    from memory.loader import get_index
+    from memory.loader import CACHE, get_index
 
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
@@ -307,6 +307,7 @@ def _engine_stages(d: Deployment, user_id: str, n: int) -> dict[str, Any]:
     emb = get_embedder(settings)
     emb.embed(["warm up"])
     weights = weights_from(settings)
+    CACHE.clear()  # the in-process server-side run above cached this user's index
     try:
         with db.read() as session:
             t = time.perf_counter()

@@ -1098,8 +1098,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated keys: " + ",".join(FIGURES))
     ap.add_argument("--output", type=Path, default=DOC)
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--render", action="store_true", help="measure nothing; rewrite the document from results"
+    )
     args = ap.parse_args(argv)
-    keys = [k for k in args.only.split(",") if k] or list(FIGURES)
+    keys = [] if args.render else [k for k in args.only.split(",") if k] or list(FIGURES)
     unknown = [k for k in keys if k not in FIGURES]
     if unknown:
         ap.error(f"unknown figure(s) {unknown}; choose from {list(FIGURES)}")

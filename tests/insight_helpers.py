@@ -21,9 +21,8 @@ from worker.runner import make_process_next
 AGENT = "agent_support"
 
 
-def post_call(
-    client: TestClient,
-    deployment: Deployment,
+def signed_post_call(
+    secret: str,
     conversation_id: str,
     number: str,
     turns: Sequence[tuple[str, str]],
@@ -37,7 +36,8 @@ def post_call(
     evaluation: Mapping[str, str] | None = None,
     data_collection: Mapping[str, Any] | None = None,
     timezone: str | None = None,
-) -> None:
+) -> tuple[bytes, dict[str, str]]:
+    """A post_call_transcription body and its ElevenLabs-Signature headers."""
     payload = post_call_payload(
         conversation_id=conversation_id,
         agent_id=agent_id,
@@ -53,9 +53,21 @@ def post_call(
         timezone=timezone,
     )
     body = json.dumps(payload).encode()
-    r = client.post(
-        "/webhook/post-call", content=body, headers=signed_headers(deployment.webhook_secret, body)
+    return body, signed_headers(secret, body)
+
+
+def post_call(
+    client: TestClient,
+    deployment: Deployment,
+    conversation_id: str,
+    number: str,
+    turns: Sequence[tuple[str, str]],
+    **options: Any,
+) -> None:
+    body, headers = signed_post_call(
+        deployment.webhook_secret, conversation_id, number, turns, **options
     )
+    r = client.post("/webhook/post-call", content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "accepted", r.text
 

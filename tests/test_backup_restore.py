@@ -275,12 +275,9 @@ class WebhookWriter(threading.Thread):
             return set(self.acked)
 
     def run(self) -> None:
-        import json
-        from datetime import UTC, datetime
-
         import httpx
 
-        from api.commands.demo import post_call_payload, signed_headers
+        from tests.insight_helpers import signed_post_call
 
         secret = self.server.deployment.webhook_secret
         try:
@@ -288,24 +285,11 @@ class WebhookWriter(threading.Thread):
                 i = 0
                 while not self.stop.is_set():
                     conversation_id = f"conv_bk_{i:06d}"
-                    payload = post_call_payload(
-                        conversation_id=conversation_id,
-                        agent_id="agent_backup",
-                        number="+14155550199",
-                        turns=[("user", f"Order number {i} is late."), ("agent", "Sorry.")],
-                        start=datetime.now(UTC),
-                        duration_secs=30,
-                        outcome="success",
-                        summary=None,
-                        summary_title=None,
-                        evaluation=None,
-                        data_collection=None,
-                        timezone=None,
+                    turns = [("user", f"Order number {i} is late."), ("agent", "Sorry.")]
+                    body, headers = signed_post_call(
+                        secret, conversation_id, "+14155550199", turns, duration_secs=30
                     )
-                    body = json.dumps(payload).encode()
-                    r = http.post(
-                        "/webhook/post-call", content=body, headers=signed_headers(secret, body)
-                    )
+                    r = http.post("/webhook/post-call", content=body, headers=headers)
                     if r.status_code != 200 or r.json() != {"status": "accepted"}:
                         raise AssertionError(f"{r.status_code} {r.text}")
                     with self.lock:

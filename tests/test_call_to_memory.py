@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from db.models import ConversationMemory, Memory, MemoryEmbedding, User
 from tests.conftest import Deployment
-from tests.insight_helpers import drain, post_call
+from tests.insight_helpers import drain, post_call, signed_post_call
 
 NUMBER = "+14155550142"
 TURNS = [
@@ -73,29 +73,8 @@ def test_redelivered_call_does_not_duplicate_memories(
     with deployment.db.read() as session:
         before = session.scalar(select(func.count()).select_from(Memory))
     # Same conversation id again: the receiver answers duplicate and nothing is re-processed.
-    import json
-    from datetime import UTC, datetime
-
-    from api.commands.demo import post_call_payload, signed_headers
-
-    payload = post_call_payload(
-        conversation_id="conv_e2e_2",
-        agent_id="agent_support",
-        number=NUMBER,
-        turns=TURNS,
-        start=datetime.now(UTC),
-        duration_secs=60,
-        outcome="success",
-        summary=None,
-        summary_title=None,
-        evaluation=None,
-        data_collection=None,
-        timezone=None,
-    )
-    body = json.dumps(payload).encode()
-    r = client.post(
-        "/webhook/post-call", content=body, headers=signed_headers(deployment.webhook_secret, body)
-    )
+    body, headers = signed_post_call(deployment.webhook_secret, "conv_e2e_2", NUMBER, TURNS)
+    r = client.post("/webhook/post-call", content=body, headers=headers)
     assert r.json() == {"status": "duplicate"}
     drain(deployment)
     with deployment.db.read() as session:

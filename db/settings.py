@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     # inside tool_summary_budget_ms, falling back to the extractive summary.
     tool_summary_mode: Literal["extractive", "llm"] = "extractive"
     # The agent's LLM rereads every tool result on each turn: keep the body small.
+    # Byte budget of a default 5-memory tool answer; scales with a larger configured `limit`.
     tool_response_max_bytes: int = 2048
     # slowapi/limits storage; memory:// is per process, redis://… shares limits across workers.
     rate_limit_storage_uri: str = "memory://"

@@ -300,6 +300,16 @@ def memory_out(hit: SearchHit, include_sources: bool) -> dict[str, Any]:
     return out
 
 
+DEFAULT_LIMIT = 5
+
+
+def response_budget(settings: Settings, limit: int) -> int:
+    """``tool_response_max_bytes`` is the budget of a default (5-memory) answer; an operator who
+    configures a larger constant ``limit`` asked for more, so the budget grows with it instead
+    of silently dropping ranks 6..limit (which cost LoCoMo recall@10 0.05)."""
+    return int(settings.tool_response_max_bytes * max(1.0, limit / DEFAULT_LIMIT))
+
+
 def build_response(
     summary: str, hits: Sequence[SearchHit], include_sources: bool, started: float, max_bytes: int
 ) -> dict[str, Any]:
@@ -409,7 +419,7 @@ def memory_query(
             if settings.tool_summary_mode == "llm":
                 summary = llm_summary(settings, body.query, hits) or summary
     response = build_response(
-        summary, hits, body.include_sources, started, settings.tool_response_max_bytes
+        summary, hits, body.include_sources, started, response_budget(settings, body.limit)
     )
     log.info(
         "tool.memory_query",

@@ -796,6 +796,7 @@ def fig_locomo(quick: bool) -> list[Figure]:
                 r10: dict[int, list[float]] = {}
                 lat: list[float] = []
                 server_ms: list[float] = []
+                returned: list[int] = []
                 for s in samples:
                     for qa in s["qa"]:
                         if qa.get("category") not in (1, 2, 3, 4) or not qa.get("evidence"):
@@ -812,6 +813,7 @@ def fig_locomo(quick: bool) -> list[Figure]:
                         lat.append(ms)
                         server_ms.append(float(body["query_time_ms"]))
                         mems = body["memories"]
+                        returned.append(len(mems))
                         ev = set(qa["evidence"])
                         c5 = _covered([x for m in mems[:5] for x in m.get("sources") or []])
                         c10 = _covered([x for m in mems[:10] for x in m.get("sources") or []])
@@ -862,6 +864,8 @@ def fig_locomo(quick: bool) -> list[Figure]:
         f"{ingest_s:.0f} s (queue: {counts}); {len(all10)} questions of categories 1–4 through "
         "POST /tools/memory-query (caller_id, limit 10, include_sources).",
         "Floor column: the README's BM25-on-raw-turns baseline (0.502 / 0.568), not re-measured.",
+        f"Memories returned per question (limit 10): mean {statistics.mean(returned):.2f}, "
+        f"min {min(returned)} (fewer than 10 lowers recall@10: a response-size cut once did).",
         f"Peak RSS after this run: API {api_rss:.0f} MiB, worker process {worker_rss:.0f} MiB.",
     ]
     fig.raw = {"api_rss_mb": api_rss, "worker_rss_mb": worker_rss, "ingest_s": ingest_s}

@@ -349,6 +349,25 @@ class ForgetReport:
         self.deleted[table] = self.deleted.get(table, 0) + max(0, count)
 
 
+# Rows that hang off a conversation by `conversation_fk`, deleted before the conversation.
+CONVERSATION_CHILDREN: tuple[
+    type[IssueOccurrence]
+    | type[ConversationMemory]
+    | type[ToolInvocation]
+    | type[SessionInteraction]
+    | type[ConversationAnalysis]
+    | type[ConversationTurn],
+    ...,
+] = (
+    IssueOccurrence,
+    ConversationMemory,
+    ToolInvocation,
+    SessionInteraction,
+    ConversationAnalysis,
+    ConversationTurn,
+)
+
+
 def _chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
@@ -431,30 +450,8 @@ def forget_user(session: Session, tenant_id: int, user_id: str) -> ForgetReport:
                 select(IssueOccurrence.pattern_id).where(IssueOccurrence.conversation_fk.in_(chunk))
             )
         )
-        run(
-            "issue_occurrences",
-            delete(IssueOccurrence).where(IssueOccurrence.conversation_fk.in_(chunk)),
-        )
-        run(
-            "conversation_memories",
-            delete(ConversationMemory).where(ConversationMemory.conversation_fk.in_(chunk)),
-        )
-        run(
-            "tool_invocations",
-            delete(ToolInvocation).where(ToolInvocation.conversation_fk.in_(chunk)),
-        )
-        run(
-            "session_interactions",
-            delete(SessionInteraction).where(SessionInteraction.conversation_fk.in_(chunk)),
-        )
-        run(
-            "conversation_analysis",
-            delete(ConversationAnalysis).where(ConversationAnalysis.conversation_fk.in_(chunk)),
-        )
-        run(
-            "conversation_turns",
-            delete(ConversationTurn).where(ConversationTurn.conversation_fk.in_(chunk)),
-        )
+        for model in CONVERSATION_CHILDREN:
+            run(model.__tablename__, delete(model).where(model.conversation_fk.in_(chunk)))
     # A pattern only this user ever reported still carries their words.
     for pid in pattern_ids:
         if (

@@ -10,6 +10,9 @@ import sqlite3
 import subprocess
 import threading
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,13 +50,12 @@ def integrity(db_file: Path) -> str:
         conn.close()
 
 
-class Writer(threading.Thread):
-    """Queues events one transaction at a time, like the intake route; records each id once
-    its commit returned (what ElevenLabs would have got a 200 for)."""
+class AckingWriter(threading.Thread, ABC):
+    """Writes one event after another until stopped and records each one's id once it was
+    acknowledged (what ElevenLabs would have got a 200 for). Subclasses say how to write."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.deployment = deployment
         self.acked: list[str] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -63,29 +65,71 @@ class Writer(threading.Thread):
         with self.lock:
             return set(self.acked)
 
+    @abstractmethod
+    def writing(self) -> AbstractContextManager[Callable[[int], str]]:
+        """A context holding what writing needs, yielding "write event i, return its id"."""
+
     def run(self) -> None:
         try:
-            with self.deployment.db.read() as session:
-                tenant_id = require_tenant(session, DEFAULT_TENANT).id
-            i = 0
-            while not self.stop.is_set():
-                event_id = f"post_call_transcription:conv_{i:06d}"
-                with self.deployment.db.write() as session:
-                    session.add(
-                        WebhookEvent(
-                            tenant_id=tenant_id,
-                            event_id=event_id,
-                            event_type="post_call_transcription",
-                            conversation_id=f"conv_{i:06d}",
-                            # Realistic size, so the snapshot takes a while under writes.
-                            payload="x" * 4000,
-                        )
-                    )
-                with self.lock:
-                    self.acked.append(event_id)
-                i += 1
+            with self.writing() as write_one:
+                i = 0
+                while not self.stop.is_set():
+                    acked = write_one(i)
+                    with self.lock:
+                        self.acked.append(acked)
+                    i += 1
         except BaseException as exc:
             self.error = exc
+
+
+class Writer(AckingWriter):
+    """Queues events one transaction at a time, like the intake route."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__()
+        self.deployment = deployment
+
+    @contextmanager
+    def writing(self) -> Iterator[Callable[[int], str]]:
+        with self.deployment.db.read() as session:
+            tenant_id = require_tenant(session, DEFAULT_TENANT).id
+
+        def write_one(i: int) -> str:
+            event_id = f"post_call_transcription:conv_{i:06d}"
+            with self.deployment.db.write() as session:
+                session.add(
+                    WebhookEvent(
+                        tenant_id=tenant_id,
+                        event_id=event_id,
+                        event_type="post_call_transcription",
+                        conversation_id=f"conv_{i:06d}",
+                        # Realistic size, so the snapshot takes a while under writes.
+                        payload="x" * 4000,
+                    )
+                )
+            return event_id
+
+        yield write_one
+
+
+def backup_while_writing(
+    writer: AckingWriter, deployment: Deployment, dest: Path, *, first: int, more: int
+) -> tuple[set[str], set[str], subprocess.CompletedProcess[str]]:
+    """Back up once `first` writes were acknowledged, keep writing `more`, then stop.
+    Returns (acknowledged before the backup, acknowledged in all, the backup command)."""
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.snapshot()) >= first)
+        acked_before = writer.snapshot()
+        result = run_cli(deployment, "backup", str(dest))
+        assert result.returncode == 0, result.stderr
+        # Writes went on while the backup ran (it must not stop the service).
+        wait_for(lambda: len(writer.snapshot()) > len(acked_before) + more)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=60)
+    assert writer.error is None, writer.error
+    return acked_before, writer.snapshot(), result
 
 
 def wait_for(predicate: object, timeout: float = 30.0) -> None:
@@ -102,20 +146,9 @@ def test_backup_under_concurrent_writes_then_restore(
 ) -> None:
     db_file = deployment.settings.sqlite_path
     assert db_file is not None
-    writer = Writer(deployment)
-    writer.start()
-    try:
-        wait_for(lambda: len(writer.snapshot()) >= 50)
-        acked_before = writer.snapshot()
-        result = run_cli(deployment, "backup", str(tmp_path / "backups"))
-        assert result.returncode == 0, result.stderr
-        # Writes went on while the backup ran (it must not stop the service).
-        wait_for(lambda: len(writer.snapshot()) > len(acked_before) + 20)
-    finally:
-        writer.stop.set()
-        writer.join(timeout=30)
-    assert writer.error is None, writer.error
-    acked_total = writer.snapshot()
+    acked_before, acked_total, result = backup_while_writing(
+        Writer(deployment), deployment, tmp_path / "backups", first=50, more=20
+    )
 
     backup = Path(result.stdout.strip().splitlines()[-1])
     assert backup.is_file()
@@ -258,45 +291,34 @@ def test_retention_and_upload_command(deployment: Deployment, tmp_path: Path) ->
         create_backup(failing, dest)
 
 
-class WebhookWriter(threading.Thread):
-    """Posts signed post-call webhooks to the live API; records each conversation id once the
-    API answered 200 accepted (an acknowledgement ElevenLabs relies on)."""
+class WebhookWriter(AckingWriter):
+    """Posts signed post-call webhooks to the live API; a 200 `accepted` is the ack."""
 
     def __init__(self, server: LiveServer) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.server = server
-        self.acked: list[str] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
 
-    def snapshot(self) -> set[str]:
-        with self.lock:
-            return set(self.acked)
-
-    def run(self) -> None:
+    @contextmanager
+    def writing(self) -> Iterator[Callable[[int], str]]:
         import httpx
 
         from tests.insight_helpers import signed_post_call
 
         secret = self.server.deployment.webhook_secret
-        try:
-            with httpx.Client(base_url=self.server.base_url, timeout=30) as http:
-                i = 0
-                while not self.stop.is_set():
-                    conversation_id = f"conv_bk_{i:06d}"
-                    turns = [("user", f"Order number {i} is late."), ("agent", "Sorry.")]
-                    body, headers = signed_post_call(
-                        secret, conversation_id, "+14155550199", turns, duration_secs=30
-                    )
-                    r = http.post("/webhook/post-call", content=body, headers=headers)
-                    if r.status_code != 200 or r.json() != {"status": "accepted"}:
-                        raise AssertionError(f"{r.status_code} {r.text}")
-                    with self.lock:
-                        self.acked.append(conversation_id)
-                    i += 1
-        except BaseException as exc:
-            self.error = exc
+        with httpx.Client(base_url=self.server.base_url, timeout=30) as http:
+
+            def write_one(i: int) -> str:
+                conversation_id = f"conv_bk_{i:06d}"
+                turns = [("user", f"Order number {i} is late."), ("agent", "Sorry.")]
+                body, headers = signed_post_call(
+                    secret, conversation_id, "+14155550199", turns, duration_secs=30
+                )
+                r = http.post("/webhook/post-call", content=body, headers=headers)
+                if r.status_code != 200 or r.json() != {"status": "accepted"}:
+                    raise AssertionError(f"{r.status_code} {r.text}")
+                return conversation_id
+
+            yield write_one
 
 
 def conversation_ids(db_file: Path) -> set[str]:
@@ -314,19 +336,9 @@ def test_backup_under_real_webhook_load_then_restore(
     deployment = live_server.deployment
     db_file = deployment.settings.sqlite_path
     assert db_file is not None
-    writer = WebhookWriter(live_server)
-    writer.start()
-    try:
-        wait_for(lambda: len(writer.snapshot()) >= 30)
-        acked_before = writer.snapshot()
-        result = run_cli(deployment, "backup", str(tmp_path / "backups"))
-        assert result.returncode == 0, result.stderr
-        wait_for(lambda: len(writer.snapshot()) > len(acked_before) + 10)
-    finally:
-        writer.stop.set()
-        writer.join(timeout=60)
-    assert writer.error is None, writer.error
-    acked_total = writer.snapshot()
+    acked_before, acked_total, result = backup_while_writing(
+        WebhookWriter(live_server), deployment, tmp_path / "backups", first=30, more=10
+    )
 
     # restore refuses while the service runs: stop it first, as the runbook says.
     live_server.proc.terminate()

@@ -195,3 +195,19 @@ def test_search_pg_refuses_sqlite(settings: Settings) -> None:
             search_pg(s, "u", np.zeros(3, dtype=np.float32), 1)
     finally:
         db.dispose()
+
+
+def test_relaxed_writes_turn_synchronous_commit_off_for_their_transaction_only(
+    pg_db: Database,
+) -> None:
+    with pg_db.write() as session:
+        # The test server runs with synchronous_commit=off (tests/pg.py); a deployment's "on".
+        session.execute(text("SET synchronous_commit TO on"))  # session-level, this connection
+    with pg_db.write_relaxed() as session:
+        assert session.execute(text("SHOW synchronous_commit")).scalar() == "off"
+        session.execute(text("UPDATE tenants SET name = 'relaxed' WHERE slug = 'default'"))
+    with pg_db.write() as session:
+        # SET LOCAL ended with its transaction: the pooled connection is back to "on".
+        assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
+        name = session.execute(text("SELECT name FROM tenants WHERE slug = 'default'")).scalar()
+        assert name == "relaxed"

@@ -32,6 +32,29 @@ def test_every_connection_carries_the_pragmas(deployment: Deployment, role: str)
         assert _pragma(conn, "query_only") == (1 if role == "read" else 0)
 
 
+def test_relaxed_writes_skip_only_the_fsync(deployment: Deployment) -> None:
+    """Bindings and tool logs commit with synchronous=NORMAL: still WAL, still BEGIN
+    IMMEDIATE (so they serialise with every other writer), visible to readers at once."""
+    path = deployment.settings.sqlite_path
+    assert path is not None
+    with deployment.db.write_relaxed() as session:
+        assert session.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+        assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        finally:
+            other.close()
+        session.execute(text("UPDATE tenants SET name = 'relaxed' WHERE slug = 'default'"))
+    with deployment.db.read() as session:
+        name = session.execute(text("SELECT name FROM tenants WHERE slug = 'default'")).scalar()
+        assert name == "relaxed"
+    with deployment.db.write() as session:  # the durable engine is untouched
+        assert session.execute(text("PRAGMA synchronous")).scalar() == 2
+
+
 def test_read_sessions_cannot_write(deployment: Deployment) -> None:
     with pytest.raises(OperationalError, match="readonly"), deployment.db.read() as session:
         session.execute(text("UPDATE tenants SET name = 'x'"))

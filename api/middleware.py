@@ -58,6 +58,10 @@ class RequestContextMiddleware:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
+                # W3C Server-Timing: the server's own time to the response head, so a client
+                # (or bench/) can tell server time from network and client time.
+                took = (time.perf_counter() - started) * 1000
+                headers.append((b"server-timing", f"app;dur={took:.2f}".encode("latin-1")))
                 message["headers"] = headers
             await send(message)
 

@@ -57,3 +57,14 @@ def test_request_id_is_echoed(client: TestClient) -> None:
     response = client.get("/health/live", headers={"X-Request-ID": "abc123"})
     assert response.headers["x-request-id"] == "abc123"
     assert len(client.get("/health/live").headers["x-request-id"]) == 32
+
+
+def test_every_response_carries_the_server_time(client: TestClient) -> None:
+    import re
+
+    timing = client.get("/health/live").headers["server-timing"]
+    match = re.fullmatch(r"app;dur=(\d+\.\d{2})", timing)
+    assert match is not None, timing
+    assert 0 < float(match.group(1)) < 5_000
+    # Rejections carry it too (a 401 is still server time worth seeing).
+    assert "server-timing" in client.post("/tools/memory-query", json={}).headers

@@ -2,6 +2,12 @@
 
     python -m tests.worker_harness --block prepare|apply --marker FILE
     python -m tests.worker_harness --fail-prefix conv_poison
+    python -m tests.worker_harness --kill-at applied:memories --marker FILE
+
+``--kill-at``: the real worker process body (``worker.main.run_worker_process``: every stage,
+checkpointer, tracing, metrics) with the pipeline's fault-injection hook set: at the named
+stage boundary (``worker.pipeline.BoundaryHook``) it flushes the uncommitted rows when inside
+the completing transaction, writes FILE and waits forever for the test's SIGKILL.
 
 ``--block``: the stage writes FILE once it is running (in ``prepare``: lease held, nothing
 written; in ``apply``: inside the completing transaction, after the conversation and its turns
@@ -18,10 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from db import crypto
 from db.engine import open_database
 from db.settings import get_settings
 from worker.loop import WorkerLoop
+from worker.main import run_worker_process
 from worker.pipeline import PrepareContext, Stage, StageContext
 from worker.runner import make_process_next
 from worker.stages import CORE_STAGES, default_stages
@@ -32,6 +41,7 @@ def main() -> None:
     parser.add_argument("--block", choices=["prepare", "apply"])
     parser.add_argument("--marker", type=Path)
     parser.add_argument("--fail-prefix")
+    parser.add_argument("--kill-at", help="a stage boundary name, e.g. prepared:memories")
     parser.add_argument(
         "--all-stages", action="store_true", help="run the memory stages too (slower start)"
     )
@@ -42,6 +52,18 @@ def main() -> None:
         args.marker.write_text("in stage")
         while True:
             time.sleep(1)
+
+    if args.kill_at:
+
+        def at_boundary(name: str, session: Session | None) -> None:
+            if name != args.kill_at:
+                return
+            if session is not None:
+                session.flush()  # written but uncommitted when the kill lands
+            block()
+
+        run_worker_process(on_boundary=at_boundary)
+        return
 
     def prepare(ctx: PrepareContext) -> Any:
         if args.block == "prepare":

@@ -16,6 +16,7 @@ from db.engine import ensure_wal, open_database
 from db.logs import configure_logging
 from db.settings import Settings, get_settings
 from worker.loop import WorkerLoop
+from worker.pipeline import BoundaryHook
 from worker.runner import make_process_next
 
 log = structlog.get_logger("voxmem.worker")
@@ -23,8 +24,11 @@ log = structlog.get_logger("voxmem.worker")
 RESTART_BACKOFF_MAX = 30.0
 
 
-def run_worker_process(settings: Settings | None = None) -> None:
-    """Body of one worker process."""
+def run_worker_process(
+    settings: Settings | None = None, *, on_boundary: BoundaryHook | None = None
+) -> None:
+    """Body of one worker process. ``on_boundary`` is the pipeline's fault-injection hook
+    (see worker.pipeline.BoundaryHook); only the crash-test harness passes one."""
     settings = settings or get_settings()
     configure_logging(settings)
     metrics.configure_process(settings)
@@ -45,7 +49,7 @@ def run_worker_process(settings: Settings | None = None) -> None:
     # The loop owns the worker id and the counters its heartbeat reports; the consumer
     # claims under that id and updates those counters.
     loop.process_next = make_process_next(
-        settings, db, worker_id=loop.worker_id, stats=loop.stats
+        settings, db, worker_id=loop.worker_id, stats=loop.stats, on_boundary=on_boundary
     )
     loop.install_signal_handlers()
     try:

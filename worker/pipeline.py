@@ -15,6 +15,14 @@ Each stage has two optional halves:
 
 Stages run in list order in both phases. Later issues append their stages in
 ``worker.stages.default_stages()``.
+
+Stage boundaries (fault injection): ``Pipeline(on_boundary=...)`` is called at every point
+where a crash leaves a distinct state — ``claimed`` (lease held, nothing prepared),
+``prepared:<stage>`` after each prepare, ``applied:<stage>`` after each apply (inside the
+completing transaction, with the session so the hook can flush the uncommitted rows),
+``completed`` (the event marked done, not yet committed) and ``committed`` (durable, outcome
+not yet recorded in metrics or logs). ``tests/test_worker_crash_stages.py`` SIGKILLs a real
+worker process at each of them.
 """
 
 from __future__ import annotations
@@ -120,6 +128,17 @@ class StageContext:
 
 ApplyFn = Callable[[StageContext], None]
 PrepareFn = Callable[[PrepareContext], Any]
+# Called with a boundary name (see the module docstring) and, inside the completing
+# transaction, its session. Fault injection only: production passes None.
+#
+# Why a constructor argument and not a Settings field or an environment-driven plugin: a
+# setting would put a "kill the worker here" switch on every deployment's configuration surface
+# (one stray VOXMEM_* variable and every worker dies mid-job in a restart loop), and a plugin
+# would have to monkeypatch private methods that silently stop matching after a refactor. A
+# callable is inert unless code that builds the pipeline passes one; the only caller that does
+# is the crash-test harness (tests/worker_harness.py), which runs the real worker process body
+# (worker.main.run_worker_process) with it.
+BoundaryHook = Callable[[str, Session | None], None]
 
 
 @dataclass(frozen=True)
@@ -178,10 +197,18 @@ class LeaseKeeper:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, db: Database, stages: Sequence[Stage]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        stages: Sequence[Stage],
+        *,
+        on_boundary: BoundaryHook | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.stages = list(stages)
+        self.on_boundary = on_boundary
         self.backoff = q.Backoff(settings.queue_backoff_base_secs, settings.queue_backoff_cap_secs)
 
     def run(self, job: q.Job) -> Outcome:
@@ -205,10 +232,15 @@ class Pipeline:
         )
         return outcome
 
+    def _boundary(self, name: str, session: Session | None = None) -> None:
+        if self.on_boundary is not None:
+            self.on_boundary(name, session)
+
     def _run(self, job: q.Job) -> Outcome:
         try:
             with LeaseKeeper(self.db, job, self.settings.queue_lease_secs) as keeper:
                 self._process(job, keeper.lost)
+            self._boundary("committed")
         except q.LeaseLostError as exc:
             # Another worker owns the event now; anything we did was rolled back.
             return Outcome("lost", str(exc))
@@ -254,6 +286,7 @@ class Pipeline:
             parse_initiation_failure(envelope.data) if envelope.type == INITIATION_FAILURE else None
         )
         stages = [s for s in self.stages if envelope.type in s.event_types]
+        self._boundary("claimed")
 
         pctx = PrepareContext(
             settings=self.settings,
@@ -273,6 +306,7 @@ class Pipeline:
             pctx.check_lease()
             with metrics.time_stage(stage.name), tracing.span(f"stage.{stage.name}.prepare"):
                 pctx.prepared[stage.name] = stage.prepare(pctx)
+            self._boundary(f"prepared:{stage.name}")
 
         pctx.check_lease()
         with self.db.write() as session:
@@ -296,8 +330,10 @@ class Pipeline:
                     continue
                 with metrics.time_stage(stage.name), tracing.span(f"stage.{stage.name}"):
                     stage.apply(ctx)
+                self._boundary(f"applied:{stage.name}", session)
             session.flush()
             q.complete(session, job, now=utcnow())
+            self._boundary("completed", session)
 
 
 def _is_busy(exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ from db.engine import Database
 from db.settings import Settings
 from db.types import utcnow
 from worker.loop import ProcessNext, WorkerStats
-from worker.pipeline import Pipeline, Stage
+from worker.pipeline import BoundaryHook, Pipeline, Stage
 from worker.stages import default_stages
 
 log = structlog.get_logger("voxmem.worker")
@@ -26,8 +26,11 @@ def make_process_next(
     worker_id: str,
     stats: WorkerStats | None = None,
     stages: Sequence[Stage] | None = None,
+    on_boundary: BoundaryHook | None = None,
 ) -> ProcessNext:
-    pipeline = Pipeline(settings, db, default_stages() if stages is None else stages)
+    pipeline = Pipeline(
+        settings, db, default_stages() if stages is None else stages, on_boundary=on_boundary
+    )
     counters = stats if stats is not None else WorkerStats()
 
     def process_next() -> bool:

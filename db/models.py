@@ -151,6 +151,33 @@ class ConversationBinding(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ForgetTombstone(Base):
+    """What a forget leaves behind so late work of the forgotten data can be recognised.
+
+    One row per identifier of the forgotten user: ``key_hash`` is the keyed lookup hash
+    (HMAC-SHA256 under the lookup key, domain-separated by ``kind``) of their user id, external
+    id, caller numbers (E.164), conversation ids and call SIDs. No plaintext identifier, no
+    text, no link to any live row. A queued job whose event matches is completed as dropped
+    (``worker/forgotten.py``). Rows expire after ``VOXMEM_FORGET_TOMBSTONE_DAYS``.
+    """
+
+    __tablename__ = "forget_tombstones"
+    __table_args__ = (
+        # The hash input includes the kind, so (tenant, hash) is unique and one index probe
+        # answers "is any identifier of this event forgotten?".
+        UniqueConstraint("tenant_id", "key_hash", name="uq_tombstone_tenant_hash"),
+        Index("idx_tombstone_expires", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # user | external | number | conversation | call_sid
+    kind: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    forgotten_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+
+
 # --------------------------------------------------------------------------------------------
 # Integration layer: the durable queue
 # --------------------------------------------------------------------------------------------

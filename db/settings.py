@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     queue_poll_min_secs: float = 0.05
     queue_poll_max_secs: float = 2.0
     worker_heartbeat_secs: float = 10.0
+    # How long a forget's tombstone (keyed hashes of the forgotten user's ids, numbers and
+    # conversations; memory/tombstones.py) drops late work for the forgotten data: queued jobs
+    # claimed before the forget, redelivered or late post-call webhooks. Must outlast the
+    # worst-case lease + retry window (checked below) and any webhook redelivery.
+    forget_tombstone_days: float = 30.0
     checkpoint_interval_secs: float = 1.0
     wal_truncate_bytes: int = 64 * 1024 * 1024
 
@@ -218,6 +223,27 @@ class Settings(BaseSettings):
     @property
     def lookup_key_file(self) -> Path:
         return self.data_dir / "voxmem.lookup.key"
+
+    @property
+    def queue_retry_window_secs(self) -> float:
+        """Upper bound on how long a job can stay in flight: every attempt's lease plus the
+        capped backoff (with jitter, or a Retry-After up to the cap) between attempts."""
+        gaps = max(self.queue_max_attempts - 1, 0)
+        return (
+            self.queue_max_attempts * self.queue_lease_secs
+            + gaps * self.queue_backoff_cap_secs * 1.2
+        )
+
+    @model_validator(mode="after")
+    def _tombstones_outlast_retries(self) -> Settings:
+        window = self.queue_retry_window_secs
+        if self.forget_tombstone_days * 86400 <= window:
+            raise ValueError(
+                f"VOXMEM_FORGET_TOMBSTONE_DAYS={self.forget_tombstone_days:g} is shorter than "
+                f"the queue's lease and retry window ({window / 86400:.2f} days): a retried job "
+                "of a forgotten user could outlive its tombstone and write the data back"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:

@@ -10,6 +10,10 @@ webhook payloads of the user's calls, which are still plaintext-equivalent to a 
 
 Deletes are explicit rather than left to ``ON DELETE CASCADE``: cascades depend on
 ``PRAGMA foreign_keys`` being on for the connection, and a forget must not depend on that.
+
+The forget also leaves a tombstone (``memory.tombstones``): keyed hashes of the user's ids,
+numbers, conversation ids and call SIDs, so that work arriving or completing after the forget
+(a job claimed before it, a redelivered webhook) is dropped instead of writing the data back.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from db.models import (
     WebhookEvent,
 )
 from db.types import utcnow
-from memory import context, patterns
+from memory import context, patterns, tombstones
 from memory.identity import get_user
 
 
@@ -344,6 +348,10 @@ def graph_dict(entities: Sequence[Entity], relations: Sequence[EntityRelation]) 
 class ForgetReport:
     user_id: str
     deleted: dict[str, int] = field(default_factory=dict)
+    # The tombstone left behind: how many identifier hashes, and until when late work of the
+    # forgotten data is dropped.
+    tombstone_keys: int = 0
+    tombstone_expires_at: datetime | None = None
 
     def add(self, table: str, count: int) -> None:
         self.deleted[table] = self.deleted.get(table, 0) + max(0, count)
@@ -381,11 +389,22 @@ def _payload_mentions(payload: str | None, needles: Sequence[str]) -> bool:
     return bool(payload) and any(n in payload for n in needles if n)  # type: ignore[operator]
 
 
-def forget_user(session: Session, tenant_id: int, user_id: str) -> ForgetReport:
-    """Erase everything about the user in one transaction (the caller commits)."""
+def forget_user(
+    session: Session,
+    tenant_id: int,
+    user_id: str,
+    *,
+    tombstone_days: float = tombstones.DEFAULT_DAYS,
+) -> ForgetReport:
+    """Erase everything about the user in one transaction (the caller commits), and leave a
+    tombstone that drops late work of the erased data for ``tombstone_days``."""
+    # PostgreSQL: wait for completing worker transactions of the tenant, and hold them off
+    # until this commits (SQLite's BEGIN IMMEDIATE already did both).
+    tombstones.serialise_with_forget(session, tenant_id, exclusive=True)
     user = get_user(session, tenant_id, user_id)
     if user is None:
         raise UserNotFound(user_id)
+    external_id = user.external_id
     report = ForgetReport(user_id=user_id)
     numbers = list(
         session.scalars(select(CallerNumber.number_enc).where(CallerNumber.user_id == user_id))
@@ -399,6 +418,12 @@ def forget_user(session: Session, tenant_id: int, user_id: str) -> ForgetReport:
         )
         if s
     }
+    for meta in session.scalars(
+        select(Conversation.metadata_).where(Conversation.user_id == user_id)
+    ):
+        sid = meta.get("call_sid") if isinstance(meta, dict) else None
+        if isinstance(sid, str) and sid:
+            call_sids.add(sid)
     memory_ids = list(session.scalars(select(Memory.id).where(Memory.user_id == user_id)))
     entity_ids = list(session.scalars(select(Entity.id).where(Entity.user_id == user_id)))
 
@@ -499,7 +524,15 @@ def forget_user(session: Session, tenant_id: int, user_id: str) -> ForgetReport:
     ):
         if event_id not in doomed and _payload_mentions(payload, needles):
             doomed.add(event_id)
+    doomed_conversations: set[str] = set()
     for chunk in _chunks(sorted(doomed), 500):
+        doomed_conversations.update(
+            c
+            for c in session.scalars(
+                select(WebhookEvent.conversation_id).where(WebhookEvent.id.in_(chunk))
+            )
+            if c
+        )
         run("webhook_events", delete(WebhookEvent).where(WebhookEvent.id.in_(chunk)))
 
     run("user_profiles", delete(UserProfile).where(UserProfile.user_id == user_id))
@@ -510,6 +543,22 @@ def forget_user(session: Session, tenant_id: int, user_id: str) -> ForgetReport:
     run("caller_numbers", delete(CallerNumber).where(CallerNumber.user_id == user_id))
     session.expunge(user)
     run("users", delete(User).where(User.user_id == user_id, User.tenant_id == tenant_id))
+
+    now = utcnow()
+    report.tombstone_keys, report.tombstone_expires_at = tombstones.record(
+        session,
+        tenant_id,
+        tombstones.Identifiers.of(
+            conversation_ids=conv_ids | doomed_conversations,
+            call_sids=call_sids,
+            user_ids=[user_id],
+            external_ids=[external_id],
+            numbers=numbers,
+        ),
+        now=now,
+        days=tombstone_days,
+    )
+    tombstones.prune(session, now=now)
     context.CACHE.invalidate(user_id)
     _invalidate_engine_caches(session, user_id)
     return report

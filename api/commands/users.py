@@ -9,6 +9,7 @@ import typer
 
 from api.commands._runtime import database
 from db.models import DEFAULT_TENANT
+from db.settings import get_settings
 from db.tenancy import get_tenant
 from memory import privacy
 
@@ -31,11 +32,21 @@ def forget(user_id: str, tenant: TenantOpt = DEFAULT_TENANT) -> None:
                 row = get_tenant(session, tenant)
                 if row is None:
                     raise _fail(f"no tenant {tenant!r}")
-                report = privacy.forget_user(session, row.id, user_id)
+                report = privacy.forget_user(
+                    session,
+                    row.id,
+                    user_id,
+                    tombstone_days=get_settings().forget_tombstone_days,
+                )
         except privacy.UserNotFound as exc:
             raise _fail(f"no user {user_id!r} in tenant {tenant!r}") from exc
     removed = ", ".join(f"{table} {n}" for table, n in sorted(report.deleted.items()) if n)
     typer.echo(f"user {user_id} forgotten ({removed or 'nothing else stored'})")
+    if report.tombstone_expires_at is not None:
+        typer.echo(
+            f"late deliveries of their calls are dropped until "
+            f"{privacy.iso(report.tombstone_expires_at)} ({report.tombstone_keys} hashed keys)"
+        )
 
 
 @app.command("export")

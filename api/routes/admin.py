@@ -196,6 +196,7 @@ def patch_user(
                         "user_id": "usr_3f9a1c2b4d5e6f70",
                         "forgotten": True,
                         "deleted": {"memories": 12, "conversations": 3, "webhook_events": 3},
+                        "tombstone_expires_at": "2026-01-08T10:00:00Z",
                     }
                 }
             }
@@ -206,10 +207,21 @@ def patch_user(
 def forget_user(user_id: UserId, identity: AdminAuth, state: StateDep) -> dict[str, Any]:
     try:
         with state.db.write() as session:
-            report = privacy.forget_user(session, identity.tenant_id, user_id)
+            report = privacy.forget_user(
+                session,
+                identity.tenant_id,
+                user_id,
+                tombstone_days=state.settings.forget_tombstone_days,
+            )
     except privacy.UserNotFound as exc:
         raise not_found(f"user {user_id!r}") from exc
-    return {"user_id": user_id, "forgotten": True, "deleted": report.deleted}
+    return {
+        "user_id": user_id,
+        "forgotten": True,
+        "deleted": report.deleted,
+        # Until then a late or redelivered webhook of their calls is dropped (docs/security.md).
+        "tombstone_expires_at": privacy.iso(report.tombstone_expires_at),
+    }
 
 
 @router.get(

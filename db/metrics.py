@@ -163,6 +163,7 @@ class _Metrics:
     init_fallbacks: Counter
     init_latency: Histogram
     backups: Counter
+    forgotten_drops: Counter
 
 
 def _build() -> _Metrics:
@@ -256,6 +257,13 @@ def _build() -> _Metrics:
             buckets=QUERY_BUCKETS,
         ),
         backups=Counter("backups_total", "Backups taken by outcome", ["outcome"]),
+        forgotten_drops=Counter(
+            "forgotten_writes_dropped_total",
+            "Writes of a forgotten user's data refused after the forget, by where (worker, "
+            "tool_log, init) and what matched (conversation, call_sid, user, external, number, "
+            "user_gone)",
+            ["source", "matched"],
+        ),
     )
 
 
@@ -477,6 +485,11 @@ def observe_init(seconds: float, fallback_reason: str | None = None) -> None:
 
 def observe_backup(outcome: str) -> None:
     metrics().backups.labels(outcome=_label(outcome)).inc()
+
+
+def observe_forgotten_drop(source: str, matched: str) -> None:
+    """Work for data a forget erased was refused instead of written back (issue 5)."""
+    metrics().forgotten_drops.labels(source=_label(source), matched=_label(matched)).inc()
 
 
 def exported_metric_names() -> set[str]:

@@ -280,6 +280,35 @@ def complete(session: Session, job: Job, *, now: datetime) -> None:
         raise LeaseLostError(f"event {job.id}: lease lost before completion")
 
 
+FORGOTTEN = "Forgotten"
+
+
+def complete_dropped(session: Session, job: Job, *, now: datetime, reason: str) -> None:
+    """Complete the job without running it: its event belongs to data a forget erased.
+
+    The payload (a transcript) is cleared in the same statement, so nothing of the forgotten
+    call stays in the queue; the row remains as a completed record (``error_class`` says why,
+    ``reason`` carries no personal data) and deduplicates further redeliveries of the event.
+    """
+    result = session.execute(
+        update(WebhookEvent)
+        .where(_fenced(job.id, job.lease_token))
+        .values(
+            status="completed",
+            processed_at=now,
+            lease_token=None,
+            locked_until=None,
+            payload=None,
+            trace_context=None,
+            error_class=FORGOTTEN,
+            error_message=reason[:MAX_ERROR_CHARS],
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) != 1:
+        raise LeaseLostError(f"event {job.id}: lease lost before completion")
+
+
 def fail(
     session: Session,
     job: Job,

@@ -16,6 +16,11 @@ Each stage has two optional halves:
 Stages run in list order in both phases. Later issues append their stages in
 ``worker.stages.default_stages()``.
 
+Forgotten data (issue 5, ``worker/forgotten.py``): the completing transaction first checks the
+forget tombstones; an event of a call whose user was forgotten is completed as ``dropped``
+(payload cleared, nothing written) instead of running the stages. A job already known to be
+forgotten skips ``prepare`` too.
+
 Stage boundaries (fault injection): ``Pipeline(on_boundary=...)`` is called at every point
 where a crash leaves a distinct state — ``claimed`` (lease held, nothing prepared),
 ``prepared:<stage>`` after each prepare, ``applied:<stage>`` after each apply (inside the
@@ -43,6 +48,7 @@ from db.engine import Database
 from db.models import Conversation, ConversationTurn, User
 from db.settings import Settings
 from db.types import utcnow
+from worker.forgotten import ForgetGuard
 from worker.payload import (
     INITIATION_FAILURE,
     TRANSCRIPTION,
@@ -152,7 +158,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # completed | retry | dead_letter | lost
+    status: str  # completed | dropped (forgotten data) | retry | dead_letter | lost
     error: str | None = None
 
 
@@ -208,6 +214,7 @@ class Pipeline:
         self.settings = settings
         self.db = db
         self.stages = list(stages)
+        self.forget_guard = ForgetGuard(settings, db)
         self.on_boundary = on_boundary
         self.backoff = q.Backoff(settings.queue_backoff_base_secs, settings.queue_backoff_cap_secs)
 
@@ -239,7 +246,7 @@ class Pipeline:
     def _run(self, job: q.Job) -> Outcome:
         try:
             with LeaseKeeper(self.db, job, self.settings.queue_lease_secs) as keeper:
-                self._process(job, keeper.lost)
+                dropped = self._process(job, keeper.lost)
             self._boundary("committed")
         except q.LeaseLostError as exc:
             # Another worker owns the event now; anything we did was rolled back.
@@ -251,7 +258,7 @@ class Pipeline:
         except Exception as exc:  # unknown errors are retried with backoff
             log.exception("job.error", event_id=job.id, error=str(exc))
             return self._record_failure(job, exc, permanent=False)
-        return Outcome("completed")
+        return Outcome("dropped" if dropped else "completed")
 
     def _record_failure(
         self, job: q.Job, exc: BaseException, *, permanent: bool, retry_after: float | None = None
@@ -277,7 +284,8 @@ class Pipeline:
                 retry_after=retry_after,
             )
 
-    def _process(self, job: q.Job, lease_lost: threading.Event) -> None:
+    def _process(self, job: q.Job, lease_lost: threading.Event) -> bool:
+        """Run the job; True when it was dropped as forgotten data instead."""
         if job.payload is None:
             raise PayloadError("event has no stored payload")
         envelope = parse_envelope(job.payload)
@@ -286,6 +294,15 @@ class Pipeline:
             parse_initiation_failure(envelope.data) if envelope.type == INITIATION_FAILURE else None
         )
         stages = [s for s in self.stages if envelope.type in s.event_types]
+        keys = self.forget_guard.keys(
+            job,
+            data=envelope.data,
+            event_timestamp=envelope.event_timestamp,
+            call=call,
+            failure=failure,
+        )
+        # Nothing slow (LLM, embedder) for a call that is already known to be forgotten.
+        skip_prepare = self.forget_guard.known_forgotten(job, keys)
         self._boundary("claimed")
 
         pctx = PrepareContext(
@@ -301,7 +318,7 @@ class Pipeline:
             lease_lost=lease_lost,
         )
         for stage in stages:
-            if stage.prepare is None:
+            if stage.prepare is None or skip_prepare:
                 continue
             pctx.check_lease()
             with metrics.time_stage(stage.name), tracing.span(f"stage.{stage.name}.prepare"):
@@ -311,7 +328,13 @@ class Pipeline:
         pctx.check_lease()
         with self.db.write() as session:
             now = utcnow()
+            self.forget_guard.lock(session, job)  # before any row lock (PostgreSQL)
             q.assert_lease(session, job, now=now)
+            if self.forget_guard.drop_if_forgotten(session, job, keys, now=now):
+                return True
+            if skip_prepare:
+                # The tombstone expired between the two checks: run the job in full.
+                raise RetryableError("forget tombstone expired during the job; run it again")
             ctx = StageContext(
                 session=session,
                 settings=self.settings,
@@ -334,6 +357,7 @@ class Pipeline:
             session.flush()
             q.complete(session, job, now=utcnow())
             self._boundary("completed", session)
+        return False
 
 
 def _is_busy(exc: BaseException) -> bool:

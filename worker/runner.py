@@ -57,7 +57,7 @@ def make_process_next(
             outcome = pipeline.run(job)
         finally:
             counters.current_event_id = None
-        if outcome.status == "completed":
+        if outcome.status in ("completed", "dropped"):
             counters.processed += 1
         else:
             counters.failed += 1

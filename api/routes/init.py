@@ -259,6 +259,15 @@ class InitWork:
                 )
                 returning = not created and is_returning(session, user, req)
                 self.response = render(self.settings, session, user, returning)
+            elif session.get(User, user.user_id) is None:
+                # Forgotten between the read phase and this write (SQLite serialises the write
+                # with the forget; PostgreSQL's foreign key would refuse the binding anyway).
+                # Bind nothing and hand out nothing of theirs: an answer not yet sent becomes
+                # the neutral one. The post-call of this call is judged by the forget's
+                # tombstone (memory/tombstones.py).
+                self.response = neutral_response()
+                metrics.observe_forgotten_drop("init", "user_gone")
+                log.info("init.user_forgotten_meanwhile")
             else:
                 bind_conversation(
                     session,

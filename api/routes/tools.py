@@ -37,6 +37,7 @@ from db import metrics, tracing
 from db.models import Conversation, ToolInvocation, User
 from db.settings import Settings
 from db.tenancy import TokenIdentity
+from memory import tombstones
 from memory.context import clip
 from memory.identity import (
     bound_user,
@@ -339,6 +340,21 @@ def log_invocation(
     data = json.dumps(response, separators=(",", ":"))
 
     def job(session: Session) -> None:
+        # The user may have been forgotten between the answer and this write: the row would
+        # carry their query and the memories we answered with, after the forget. Drop it.
+        if user_id and session.get(User, user_id) is None:
+            metrics.observe_forgotten_drop("tool_log", "user_gone")
+            return
+        if conversation_id:
+            found = tombstones.find(
+                session,
+                tenant_id,
+                tombstones.Identifiers.of(conversation_ids=[conversation_id]),
+                started_at=None,
+            )
+            if found is not None:
+                metrics.observe_forgotten_drop("tool_log", found.kind)
+                return
         conversation_fk = None
         if conversation_id:
             conversation_fk = session.scalar(
@@ -347,12 +363,10 @@ def log_invocation(
                     Conversation.conversation_id == conversation_id,
                 )
             )
-        # The user may have been forgotten between the answer and this write.
-        live_user = user_id if user_id and session.get(User, user_id) is not None else None
         session.add(
             ToolInvocation(
                 tenant_id=tenant_id,
-                user_id=live_user,
+                user_id=user_id or None,
                 conversation_id=conversation_id,
                 conversation_fk=conversation_fk,
                 origin="live",

@@ -15,6 +15,7 @@ from api.search import SearchHit, SearchUnavailable
 from db.models import User
 from db.settings import Settings
 from memory.embedders import EmbedderError
+from memory.embedders.query_cache import QueryEmbeddingCache
 from memory.engine import build_retriever, embedder_for
 from memory.retrieval import MemoryRetriever
 
@@ -23,6 +24,7 @@ class EngineSearch:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._retriever: MemoryRetriever | None = None
+        self._queries: QueryEmbeddingCache | None = None
 
     def retriever(self) -> MemoryRetriever:
         if self._retriever is None:
@@ -30,14 +32,30 @@ class EngineSearch:
                 embedder = embedder_for(self.settings)
             except (EmbedderError, OSError, ValueError) as exc:
                 raise SearchUnavailable(f"embedder unavailable: {exc}") from exc
+            # Queries only: the tool embeds one short text per call (memory/embedders/
+            # query_cache.py); prefetch() starts it while the user is being resolved.
+            self._queries = QueryEmbeddingCache(embedder)
             # One factory for worker and API: every retrieval setting (weights, expansion,
             # entity hop, database-search threshold) reaches the tool.
-            self._retriever = build_retriever(self.settings, embedder)
+            self._retriever = build_retriever(self.settings, self._queries)
         return self._retriever
+
+    def prefetch(self, query: str) -> None:
+        """Begin embedding ``query`` in the background; errors surface in ``search``."""
+        try:
+            self.retriever()
+        except SearchUnavailable:
+            return
+        if self._queries is not None:
+            self._queries.prefetch(query)
 
     def warm_up(self) -> None:
         """Load the model and run one embedding so the first caller does not pay for it."""
-        self.retriever().embedder.embed(["warm up"])
+        embedder = self.retriever().embedder
+        if isinstance(embedder, QueryEmbeddingCache):
+            embedder.inner.embed(["warm up"])  # not cached: nobody asks that
+        else:
+            embedder.embed(["warm up"])
 
     def search(
         self,

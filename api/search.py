@@ -49,6 +49,10 @@ class MemorySearch(Protocol):
         """Ranked active memories of ``user`` only (never another user's)."""
         ...
 
+    def prefetch(self, query: str) -> None:
+        """Optional head start on ``query`` (the embedding) before ``search`` is called."""
+        ...
+
 
 class UnavailableSearch:
     def __init__(self, reason: str) -> None:
@@ -65,6 +69,9 @@ class UnavailableSearch:
         include_sources: bool,
     ) -> list[SearchHit]:
         raise SearchUnavailable(self.reason)
+
+    def prefetch(self, query: str) -> None:
+        return None
 
 
 def get_search(state: AppState) -> MemorySearch:

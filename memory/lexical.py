@@ -47,6 +47,7 @@ class Vocabulary:
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
+        self._terms: list[str] = []
         self._lock = threading.Lock()
 
     def ids(self, tokens: list[str], *, add: bool) -> npt.NDArray[np.int64]:
@@ -58,9 +59,17 @@ class Vocabulary:
                 if not add:
                     continue
                 with self._lock:
-                    i = self._ids.setdefault(tok, len(self._ids))
+                    i = self._ids.get(tok)
+                    if i is None:
+                        i = self._ids[tok] = len(self._terms)
+                        self._terms.append(tok)
             out.append(i)
         return np.asarray(out, dtype=np.int64)
+
+    def terms(self, ids: npt.NDArray[np.int64]) -> list[str]:
+        """The terms of ``ids`` (the inverse of ``ids(..., add=True)``)."""
+        terms = self._terms
+        return [terms[i] for i in ids.tolist()]
 
 
 VOCAB = Vocabulary()
@@ -70,29 +79,85 @@ def doc_terms(text: str) -> npt.NDArray[np.int64]:
     return VOCAB.ids(tokenize(text), add=True)
 
 
+# Raw token -> term id (-1: a stopword), so tokenising many texts stems each distinct word
+# once. Bounded: cleared when full (term ids themselves never change).
+_TOKEN_IDS: dict[str, int] = {}
+_TOKEN_IDS_MAX = 1_000_000
+
+
+def docs_terms(texts: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``doc_terms`` of many texts as CSR: (flat term ids, offsets with len(texts) + 1)."""
+    flat: list[int] = []
+    offsets = [0]
+    memo = _TOKEN_IDS
+    findall = _TOKEN.findall
+    for text in texts:
+        for token in findall(text.lower()):
+            tid = memo.get(token)
+            if tid is None:
+                if len(memo) >= _TOKEN_IDS_MAX:
+                    memo.clear()
+                tid = -1 if token in STOPWORDS else int(VOCAB.ids([stem(token)], add=True)[0])
+                memo[token] = tid
+            if tid >= 0:
+                flat.append(tid)
+        offsets.append(len(flat))
+    return np.asarray(flat, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+
+
 class BM25:
     """Postings in term-sorted CSR-like arrays; a query touches only its terms' postings."""
 
     def __init__(self, docs: list[npt.NDArray[np.int64]], k1: float = 1.2, b: float = 0.75):
+        lengths = np.array([len(d) for d in docs], dtype=np.int64)
+        flat = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
+        self._build(flat.astype(np.int64), lengths, np.ones(len(docs), dtype=bool), k1, b)
+
+    @classmethod
+    def from_csr(
+        cls,
+        flat: npt.NDArray[np.int64],
+        offsets: npt.NDArray[np.int64],
+        alive: npt.NDArray[np.bool_],
+        k1: float = 1.2,
+        b: float = 0.75,
+    ) -> BM25:
+        """Row ``i``'s terms are ``flat[offsets[i]:offsets[i + 1]]``; rows where ``alive`` is
+        false are left out (no postings, not counted in the corpus statistics), so the scores
+        equal those of a fresh build over the alive rows alone."""
+        self = cls.__new__(cls)
+        self._build(flat, np.diff(offsets), alive, k1, b)
+        return self
+
+    def _build(
+        self,
+        flat: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+        alive: npt.NDArray[np.bool_],
+        k1: float,
+        b: float,
+    ) -> None:
         self.k1, self.b = k1, b
-        self.n_docs = len(docs)
-        lengths = np.array([len(d) for d in docs], dtype=np.float64)
-        self.doc_len = lengths
-        self.avgdl = float(lengths.mean()) if self.n_docs and lengths.sum() else 1.0
-        if self.n_docs and lengths.sum():
-            terms = np.concatenate(docs)
-            owners = np.repeat(np.arange(self.n_docs, dtype=np.int64), lengths.astype(np.int64))
-            keys, tf = np.unique(terms * (self.n_docs + 1) + owners, return_counts=True)
-            self.terms = keys // (self.n_docs + 1)
-            self.docs = keys % (self.n_docs + 1)
+        rows = len(lengths)
+        self.n_docs = int(alive.sum())
+        self.doc_len = np.where(alive, lengths, 0).astype(np.float64)
+        total = float(self.doc_len.sum())
+        self.avgdl = total / self.n_docs if self.n_docs and total else 1.0
+        if self.n_docs and total:
+            owners = np.repeat(np.arange(rows, dtype=np.int64), lengths)
+            keep = alive[owners]
+            keys, tf = np.unique(flat[keep] * (rows + 1) + owners[keep], return_counts=True)
+            self.terms = keys // (rows + 1)
+            self.docs = keys % (rows + 1)
             self.tf = tf.astype(np.float64)
         else:
             self.terms = np.zeros(0, dtype=np.int64)
             self.docs = np.zeros(0, dtype=np.int64)
             self.tf = np.zeros(0, dtype=np.float64)
+        self.rows = rows
 
     def scores(self, query: str) -> npt.NDArray[np.float64]:
-        out = np.zeros(self.n_docs, dtype=np.float64)
+        out = np.zeros(self.rows, dtype=np.float64)
         if not self.n_docs:
             return out
         q = np.unique(VOCAB.ids(tokenize(query), add=False))

@@ -149,14 +149,18 @@ class MemoryWriter:
     ) -> list[Existing]:
         out: dict[int, Existing] = {}
         for mid, sim in index.nearest(vector, k=NEIGHBOURS):
-            m = index.memories[index.row_of[mid]]
+            m = index.memory(mid)
             out[mid] = Existing(mid, m.content, m.sector, sim, m.state)
         # "from Salesforce to HubSpot": the replaced fact may share no meaning with the new
         # text (cosine 0.12), so find it by name as well.
         for name in replaced_objects(cand.content):
             pattern = re.compile(rf"\b{re.escape(name)}\b", re.I)
-            for m in index.memories:
-                if m.id not in out and m.state == "active" and pattern.search(m.content):
+            # Text first: building every memory of a large user to test it would be slow.
+            for row, text in enumerate(index.contents):
+                if not index.alive[row] or not pattern.search(text):
+                    continue
+                m = index.memory_at(row)
+                if m.id not in out and m.state == "active":
                     sim = float(m.vector @ vector)
                     out[m.id] = Existing(m.id, m.content, m.sector, sim, m.state)
         for f in fresh:

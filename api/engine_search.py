@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from api.search import SearchHit, SearchUnavailable
-from db.models import User
 from db.settings import Settings
 from memory.embedders import EmbedderError
 from memory.embedders.query_cache import QueryEmbeddingCache
@@ -60,7 +59,7 @@ class EngineSearch:
     def search(
         self,
         session: Session,
-        user: User,
+        user_id: str,
         query: str,
         *,
         limit: int,
@@ -69,7 +68,7 @@ class EngineSearch:
     ) -> list[SearchHit]:
         try:
             found = self.retriever().search(
-                session, user.user_id, query, limit=limit, sectors=sectors
+                session, user_id, query, limit=limit, sectors=sectors
             )
         except SearchUnavailable:
             raise

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from api.state import AppState
-from db.models import User
 
 EXTRA_KEY = "memory_search"
 
@@ -39,14 +38,15 @@ class MemorySearch(Protocol):
     def search(
         self,
         session: Session,
-        user: User,
+        user_id: str,
         query: str,
         *,
         limit: int,
         sectors: Sequence[str] | None,
         include_sources: bool,
     ) -> list[SearchHit]:
-        """Ranked active memories of ``user`` only (never another user's)."""
+        """Ranked active memories of ``user_id`` only (never another user's); the caller has
+        already checked that the user belongs to the token's tenant."""
         ...
 
     def prefetch(self, query: str) -> None:
@@ -61,7 +61,7 @@ class UnavailableSearch:
     def search(
         self,
         session: Session,
-        user: User,
+        user_id: str,
         query: str,
         *,
         limit: int,

@@ -40,11 +40,11 @@ from db.tenancy import TokenIdentity
 from memory import tombstones
 from memory.context import clip
 from memory.identity import (
-    bound_user,
-    get_user,
+    bound_user_id,
     normalize_number,
-    user_for_external_id,
-    user_for_number,
+    user_id_for_external_id,
+    user_id_for_number,
+    user_id_in_tenant,
 )
 from memory.privacy import normalise_sources
 
@@ -189,26 +189,27 @@ RateLimitedTool = Annotated[TokenIdentity, Depends(tool_rate_limited)]
 # --- user resolution ------------------------------------------------------------------------
 def resolve_tool_user(
     session: Session, tenant_id: int, body: MemoryQueryRequest, own_numbers: frozenset[str]
-) -> tuple[User | None, str]:
-    """(user, how it was found). A bound conversation is final: a different ``user_id`` in
-    the body (an LLM talked into it) cannot switch users."""
+) -> tuple[str | None, str]:
+    """(user id, how it was found). A bound conversation is final: a different ``user_id`` in
+    the body (an LLM talked into it) cannot switch users. Ids only: loading a whole User
+    (and decrypting its summary) is not needed to search its memories."""
     if body.conversation_id:
-        user = bound_user(session, tenant_id, conversation_id=body.conversation_id)
-        if user is not None:
-            return user, "conversation"
+        found = bound_user_id(session, tenant_id, conversation_id=body.conversation_id)
+        if found is not None:
+            return found, "conversation"
     if body.user_id:
-        user = get_user(session, tenant_id, body.user_id) or user_for_external_id(
+        found = user_id_in_tenant(session, tenant_id, body.user_id) or user_id_for_external_id(
             session, tenant_id, body.user_id
         )
-        if user is not None:
-            return user, "user_id"
+        if found is not None:
+            return found, "user_id"
     if body.caller_id:
         number = normalize_number(body.caller_id)
         # On outbound calls system__caller_id is our own number: it identifies nobody.
         if number is not None and number not in own_numbers:
-            user = user_for_number(session, tenant_id, number)
-            if user is not None:
-                return user, "caller_id"
+            found = user_id_for_number(session, tenant_id, number)
+            if found is not None:
+                return found, "caller_id"
     return None, "none"
 
 
@@ -408,17 +409,19 @@ def memory_query(
     error: str | None = None
     hits: list[SearchHit] = []
     summary = EMPTY_SUMMARY
+    search = get_search(state)
+    # The caller is authenticated: start embedding the query now, so it runs while the user
+    # is resolved and the cached index validated (api/search.py, memory/embedders).
+    search.prefetch(body.query)
     try:
         with state.db.read() as session:
-            user, via = resolve_tool_user(
+            user_id, via = resolve_tool_user(
                 session, identity.tenant_id, body, own_number_set(settings)
             )
-            if user is not None:
-                # Captured now: a failed search rolls the read session back, expiring `user`.
-                user_id = user.user_id
-                hits = get_search(state).search(
+            if user_id is not None:
+                hits = search.search(
                     session,
-                    user,
+                    user_id,
                     body.query,
                     limit=body.limit,
                     sectors=body.sectors,

@@ -278,6 +278,9 @@ def restore_backup(
                 conn.execute("PRAGMA journal_mode=WAL")
             finally:
                 conn.close()
+            # Per-user index snapshots (memory/snapshot.py) describe the replaced database, and a
+            # restored user can reach the same memory_version again with other memories.
+            shutil.rmtree(settings.memory_index_dir or settings.data_dir / "index", True)
         finally:
             staged.unlink(missing_ok=True)
     return RestoreResult(restored=target, previous=previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from memory import loader
 from memory.consolidation import Thresholds
 from memory.embedders import Embedder, LocalEmbedder, get_embedder
 from memory.extractors import Extractor, build_extractor
@@ -43,7 +44,22 @@ def embedder_for(settings: Settings) -> Embedder:
     if isinstance(embedder, LocalEmbedder):
         embedder._threads = settings.embedder_threads
     CACHE.resize(settings.memory_index_cache_users)
+    configure_index(settings)
     return embedder
+
+
+def configure_index(settings: Settings) -> None:
+    """ANN and snapshot settings of the process-wide index cache (memory/loader.py)."""
+    persist = settings.memory_index_persist_min > 0
+    loader.configure(
+        ann_threshold=settings.memory_ann_threshold,
+        ann_dtype=settings.memory_ann_dtype,
+        ann_min_pool=settings.memory_ann_min_pool,
+        ann_per_result=settings.memory_ann_per_result,
+        persist=persist,
+        persist_dir=settings.memory_index_dir or settings.data_dir / "index",
+        persist_min_memories=settings.memory_index_persist_min if persist else None,
+    )
 
 
 def build_writer(settings: Settings, embedder: Embedder | None = None) -> MemoryWriter:

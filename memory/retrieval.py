@@ -87,7 +87,8 @@ class MemoryRetriever:
         self.db_search_threshold = db_search_threshold
 
     def index(self, session: Session, user_id: str) -> UserIndex:
-        return get_index(session, user_id, self.embedder.name)
+        # The query path asks for the ANN graph of a large user (built in the background).
+        return get_index(session, user_id, self.embedder.name, ann=True)
 
     def search(
         self,
@@ -315,7 +316,7 @@ def _partial_index(model: str, memories: Sequence[Any], links: Sequence[Any]) ->
 
 
 def _retrieved(index: UserIndex, h: Hit) -> RetrievedMemory:
-    m = index.memories[index.row_of[h.memory_id]]
+    m = index.memory(h.memory_id)
     return RetrievedMemory(
         id=m.id,
         content=m.content,

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from db.crypto import keyring
 from db.models import CallerNumber, ConversationBinding, User
+from db.types import utcnow
 
 ANONYMOUS = frozenset({"", "anonymous", "unknown", "private", "restricted", "unavailable", "null"})
 _DIGITS = re.compile(r"[^\d+]")
@@ -198,6 +199,13 @@ def resolve_or_create_by_number(session: Session, tenant_id: int, e164: str) -> 
     return ResolvedUser(user, created=True)
 
 
+_BINDING_EXISTS = select(ConversationBinding.id).where(
+    ConversationBinding.tenant_id == bindparam("tenant_id"),
+    ConversationBinding.conversation_id == bindparam("conversation_id"),
+)
+_INSERT_BINDING = insert(ConversationBinding)
+
+
 def bind_conversation(
     session: Session,
     tenant_id: int,
@@ -209,23 +217,24 @@ def bind_conversation(
 ) -> None:
     if not conversation_id and not call_sid:
         return
+    conn = session.connection()
     if conversation_id:
-        existing = session.scalar(
-            select(ConversationBinding).where(
-                ConversationBinding.tenant_id == tenant_id,
-                ConversationBinding.conversation_id == conversation_id,
-            )
-        )
+        existing = conn.execute(
+            _BINDING_EXISTS, {"tenant_id": tenant_id, "conversation_id": conversation_id}
+        ).first()
         if existing is not None:
             # A conversation never changes users once bound (tool callers rely on it).
             return
-    session.add(
-        ConversationBinding(
-            tenant_id=tenant_id,
-            conversation_id=conversation_id or None,
-            call_sid=call_sid or None,
-            user_id=user.user_id,
-            agent_id=agent_id,
-        )
+    # A Core insert: the binding is never read back through this session, and the ORM's
+    # unit of work cost more than the statement on init's hot path.
+    conn.execute(
+        _INSERT_BINDING,
+        {
+            "tenant_id": tenant_id,
+            "conversation_id": conversation_id or None,
+            "call_sid": call_sid or None,
+            "user_id": user.user_id,
+            "agent_id": agent_id,
+            "created_at": utcnow(),
+        },
     )
-    session.flush()

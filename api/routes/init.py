@@ -245,7 +245,11 @@ class InitWork:
             return  # a redelivered init: the binding exists, nothing to write
         if user is None and number is None and not (req.conversation_id or req.call_sid):
             return  # nobody to remember and nothing to bind: the neutral answer is right
-        with db.write() as session:
+        # Relaxed (no fsync of its own): a binding and a first caller's guest are routing
+        # state a killed process keeps and a power cut may lose — the post-call resolves the
+        # caller again by number, and the next durable commit syncs these frames with it.
+        # An fsync here was 8 ms at p95 on this disk, most of init's budget.
+        with db.write_relaxed() as session:
             if user is None:
                 if number is not None:
                     resolved = resolve_or_create_by_number(session, tenant_id, number)

@@ -362,3 +362,39 @@ def test_digest_cache_follows_memory_version(deployment: Deployment) -> None:
         after = context.user_context(session, user).memory_context
     assert "Denver" not in before
     assert after.startswith("Moved to Denver last week.")
+
+
+@pytest.mark.slow
+def test_the_binding_survives_a_killed_api_process(live_server: Any) -> None:
+    """The binding is a relaxed write (no fsync of its own, db/engine.py): it must still be in
+    the database file once init answered, even if the process dies at once (kill -9)."""
+    import signal
+
+    import httpx
+
+    deployment = live_server.deployment
+    resp = httpx.post(
+        f"{live_server.base_url}/webhook/conversation-init",
+        json={"caller_id": "+14155550199", "conversation_id": "conv_killed", "call_sid": "CAk"},
+        headers=deployment.auth("init"),
+        timeout=10,
+    )
+    assert resp.status_code == 200
+    user_id = resp.json()["dynamic_variables"]["user_id"]
+    assert user_id.startswith("usr_")
+    live_server.proc.send_signal(signal.SIGKILL)
+    live_server.proc.wait(timeout=10)
+    with deployment.db.read() as session:
+        binding = session.scalar(
+            select(ConversationBinding).where(ConversationBinding.conversation_id == "conv_killed")
+        )
+        assert binding is not None and binding.user_id == user_id
+        assert session.get(User, user_id) is not None
+        assert (
+            session.scalar(
+                select(CallerNumber.user_id).where(
+                    CallerNumber.number_hash == number_hash("+14155550199")
+                )
+            )
+            == user_id
+        )

@@ -11,25 +11,32 @@ does not change the cost of a query, which is one matmul over the user's matrix)
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
-import time
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+import os
 
-import numpy as np
-from fastapi.testclient import TestClient
+# As `voxmem` does (api/cli.py): one BLAS thread, before numpy loads. Without it numpy's pool
+# doubled this process's CPU per query on the shared 2-core box.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from db import crypto
-from db.bootstrap import bootstrap
-from db.engine import open_database
-from db.models import DEFAULT_TENANT, Memory, MemoryEmbedding, User
-from db.settings import Settings
-from db.tenancy import create_token, require_tenant
-from memory.embedders import get_embedder
-from memory.identity import resolve_or_create_by_number
-from memory.loader import vector_to_bytes
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from db import crypto  # noqa: E402
+from db.bootstrap import bootstrap  # noqa: E402
+from db.engine import open_database  # noqa: E402
+from db.models import DEFAULT_TENANT, Memory, MemoryEmbedding, User  # noqa: E402
+from db.settings import Settings  # noqa: E402
+from db.tenancy import create_token, require_tenant  # noqa: E402
+from memory.embedders import get_embedder  # noqa: E402
+from memory.identity import resolve_or_create_by_number  # noqa: E402
+from memory.loader import vector_to_bytes  # noqa: E402
 
 TOPICS = [
     "billing",
@@ -197,7 +204,7 @@ def main() -> None:
                         client,
                         "/tools/memory-query",
                         {
-                            "query": QUERIES[i % len(QUERIES)],
+                            "query": f"{QUERIES[i % len(QUERIES)]} #{i}",  # never cached
                             "conversation_id": f"conv_r{i}",
                             "limit": 5,
                         },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -28,6 +29,23 @@ from api.commands.demo import post_call_payload, read_credentials, signed_header
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+
+
+_SERVER_TIMING = re.compile(r"app;dur=([0-9.]+)")
+
+
+def server_ms(resp: httpx.Response) -> float:
+    """The server's own time to the response head (api/middleware.py's Server-Timing)."""
+    match = _SERVER_TIMING.search(resp.headers.get("server-timing", ""))
+    if match is None:
+        raise RuntimeError("response has no Server-Timing app;dur=... header")
+    return float(match.group(1))
+
+
+def unique_query(queries: Sequence[str], i: int) -> str:
+    """Request i's query, never repeated in a run: the API caches query embeddings
+    (memory/embedders/query_cache.py), and a benchmark must pay for every one."""
+    return f"{queries[i % len(queries)]} #{i}"
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -183,6 +201,13 @@ class Deployment:
     def memory_query(
         self, client: httpx.Client, body: dict[str, Any]
     ) -> tuple[float, dict[str, Any]]:
+        ms, _server, data = self.memory_query_timed(client, body)
+        return ms, data
+
+    def memory_query_timed(
+        self, client: httpx.Client, body: dict[str, Any]
+    ) -> tuple[float, float, dict[str, Any]]:
+        """(client ms, server ms from the Server-Timing header, body)."""
         t = time.perf_counter()
         resp = client.post(
             f"{self.base_url}/tools/memory-query",
@@ -192,7 +217,7 @@ class Deployment:
         ms = (time.perf_counter() - t) * 1000
         if resp.status_code != 200:
             raise RuntimeError(f"memory-query answered {resp.status_code}: {resp.text[:200]}")
-        return ms, resp.json()
+        return ms, server_ms(resp), resp.json()
 
     def queue_counts(self, event_type: str = "post_call_transcription") -> dict[str, int]:
         """Status counts of one event type (post-call jobs schedule deferred reflection events,

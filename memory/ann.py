@@ -28,11 +28,12 @@ from usearch.index import Index
 
 AnnDtype = Literal["f32", "f16", "i8"]
 
-# HNSW parameters: connectivity 16 and expansion 128/256 give recall@10 >= 0.999 (f32) on
-# 100k MiniLM vectors here; search cost stays well under a millisecond (bench/notes.md).
+# HNSW parameters. On 100k MiniLM vectors here, search expansion 256 missed 7 of one question's
+# 10 nearest ("who handles the account": a flat top, cosine 0.57 down to 0.51 at rank 200);
+# 512 finds all of them for 200 realistic questions at ~1.3 ms (bench/notes.md).
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
-EXPANSION_SEARCH = 256
+EXPANSION_SEARCH = 512
 
 
 class AnnIndex:
@@ -69,7 +70,7 @@ class AnnIndex:
             return None
         if index is None or int(index.ndim) != dim:
             return None
-        ann = cls(dim, dtype, index=index)
+        ann = cls(dim, dtype, index=_tuned(index))
         ann._view = True
         return ann
 
@@ -80,6 +81,10 @@ class AnnIndex:
     # --- membership ---------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._index)
+
+    @property
+    def expansion_search(self) -> int:
+        return int(self._index.expansion_search)
 
     def keys(self) -> npt.NDArray[np.int64]:
         with self._lock:
@@ -106,7 +111,7 @@ class AnnIndex:
 
     def _writable(self) -> None:
         if self._view:
-            self._index = self._index.copy()
+            self._index = _tuned(self._index.copy())
             self._view = False
 
     # --- search ---------------------------------------------------------------------------
@@ -119,6 +124,13 @@ class AnnIndex:
                 np.asarray(vector, dtype=np.float32), min(count, len(self._index)), threads=1
             )
             return np.asarray(found.keys, dtype=np.int64)
+
+
+def _tuned(index: Index) -> Index:
+    # A saved file keeps the graph, not the search-time expansion: restored and copied
+    # indexes come back with usearch's default (64), which loses recall here.
+    index.expansion_search = EXPANSION_SEARCH  # type: ignore[misc]  # usearch has a setter
+    return index
 
 
 def _new(dim: int, dtype: AnnDtype) -> Index:

@@ -561,6 +561,9 @@ class UserIndex:
         )
         pool = None if exact or similarity else self._candidates(q, mask, limit, lex_all)
         scored = _Scored(self, q, lex_all, now_epoch, weights, mask, similarity, pool)
+        if pool is not None and not self._complete(scored, pool.sim_floor, weights, limit):
+            # Too many rows could still make the top: score them all (exact).
+            scored = _Scored(self, q, lex_all, now_epoch, weights, mask, similarity, None)
         score = scored.score
         k = min(limit, int(np.isfinite(score).sum()))
         if k <= 0:
@@ -625,10 +628,8 @@ class UserIndex:
             for r, (s, via) in ranked
         ]
 
-    def _candidates(
-        self, q: F32, mask: Bools, limit: int, lex_all: F64
-    ) -> npt.NDArray[np.int64] | None:
-        """Rows to score, or None for all of them (exact)."""
+    def _candidates(self, q: F32, mask: Bools, limit: int, lex_all: F64) -> _Pool | None:
+        """Rows to score first, or None for all of them (exact)."""
         ann = self.ann()
         if ann is None:
             return None
@@ -636,7 +637,7 @@ class UserIndex:
         n_covered = int(covered.sum())
         if n_covered < ANN_CONFIG.threshold:
             # A narrow filter: scanning just its rows exactly is cheap.
-            return np.flatnonzero(mask)
+            return _Pool(np.flatnonzero(mask), -1.0)
         members = int(self.active.sum())
         pool = max(ANN_CONFIG.min_pool, ANN_CONFIG.per_result * limit)
         # The graph is searched over every member: widen the pool by how much the filters
@@ -645,16 +646,60 @@ class UserIndex:
         with time_query_stage("ann"), tracing.span("memory_query.ann"):
             found = ann.search(q, want)
         row_of = self.row_of
-        vec_rows = [r for r in (row_of.get(int(i)) for i in found.tolist()) if r is not None]
-        parts = [np.asarray(vec_rows, dtype=np.int64), np.flatnonzero(mask & ~self.active)]
+        vec_rows = np.asarray(
+            [r for r in (row_of.get(int(i)) for i in found.tolist()) if r is not None],
+            dtype=np.int64,
+        )
+        # Members outside the vector pool are (up to the graph's recall) no more similar than
+        # its least similar row; with the whole graph in the pool there is no such member.
+        floor = -1.0
+        if want < members and len(vec_rows):
+            floor = float((self.vectors[vec_rows] @ q).min())
+        parts = [vec_rows, np.flatnonzero(mask & ~self.active)]
         lexical = np.where(mask, lex_all, 0.0)
         hits = int((lexical > 0).sum())
         if hits:
             take = min(pool, hits)
             parts.append(np.argpartition(-lexical, take - 1)[:take])
         rows = np.unique(np.concatenate(parts))
-        out: npt.NDArray[np.int64] = rows[mask[rows]]
-        return out
+        return _Pool(rows[mask[rows]], floor)
+
+    def _complete(self, scored: _Scored, sim_floor: float, weights: Weights, limit: int) -> bool:
+        """Add every row outside the pool whose score could still reach the top ``limit``.
+
+        A row outside the pool has similarity <= ``sim_floor``, and every other component of
+        its score is known without its vector (lexical, salience, recency, link), so an upper
+        bound of its composite is cheap for all rows at once; only rows whose bound reaches the
+        current ``limit``-th score are scored. The result then equals the exact scan's,
+        provided the graph returned the true nearest rows. False when that would be too many
+        rows (the caller scans them all)."""
+        if min(weights.similarity, weights.salience, weights.recency, weights.link) < 0:
+            return False
+        if weights.lexical < 0:
+            return False
+        outside = scored.mask.copy()
+        outside[scored.rows] = False
+        if not outside.any():
+            return True
+        finite = scored.score[np.isfinite(scored.score)]
+        kth = -np.inf
+        if len(finite) >= limit:
+            kth = float(np.partition(finite, len(finite) - limit)[len(finite) - limit])
+        bound = (
+            weights.similarity * sim_floor
+            + weights.lexical * scored.lex_all
+            + weights.salience * self.salience
+            + weights.link * self.link_avg
+        )
+        if weights.recency:
+            bound = bound + weights.recency * recency_scores(
+                self.lambdas, self.last_seen, scored.now
+            )
+        extra = np.flatnonzero(outside & (bound >= kth - 1e-9))
+        if len(extra) > max(5000, self.rows // 10):
+            return False
+        scored.include(extra.tolist())
+        return True
 
     def nearest(
         self,
@@ -853,6 +898,12 @@ class UserIndex:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    rows: npt.NDArray[np.int64]
+    sim_floor: float
+
+
 class _Scored:
     """Composite components of the rows being considered: all rows (exact) or a candidate
     pool, extended on demand with expansion targets outside it."""
@@ -866,7 +917,7 @@ class _Scored:
         weights: Weights,
         mask: Bools,
         similarity: Mapping[int, float] | None,
-        pool: npt.NDArray[np.int64] | None,
+        pool: _Pool | None,
     ) -> None:
         self.index, self.q, self.lex_all = index, q, lex_all
         self.now, self.weights, self.mask = now_epoch, weights, mask
@@ -876,9 +927,9 @@ class _Scored:
             self.rows = np.arange(index.rows, dtype=np.int64)
             sim = index.vectors @ q
         else:
-            self.rows = pool
-            self.pos = {int(r): i for i, r in enumerate(pool.tolist())}
-            sim = index.vectors[pool] @ q if len(pool) else np.zeros(0, dtype=np.float32)
+            self.rows = pool.rows
+            self.pos = {int(r): i for i, r in enumerate(pool.rows.tolist())}
+            sim = index.vectors[pool.rows] @ q if len(pool.rows) else np.zeros(0, np.float32)
         self.sim, self.rec, self.score = self._components(self.rows, sim)
 
     def _components(self, rows: npt.NDArray[np.int64], sim: F32) -> tuple[F64, F64, F64]:

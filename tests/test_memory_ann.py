@@ -23,7 +23,7 @@ from db import crypto
 from db.models import Memory, MemoryEmbedding, MemoryLink, User
 from db.tenancy import require_tenant
 from memory import loader, snapshot
-from memory.ann import AnnIndex
+from memory.ann import EXPANSION_SEARCH, AnnIndex
 from memory.identity import create_guest
 from memory.index import (
     ANN_CONFIG,
@@ -392,6 +392,8 @@ def test_cold_start_loads_the_snapshot_and_applies_what_changed_since(
     monkeypatch.setattr(loader, "load_index", _fail)
     cold = _index(deployment, uid)
     assert cold.ann() is not None and len(cold) == 1200
+    # The graph comes back with our search expansion, not usearch's default for a loaded file.
+    assert cold.ann().expansion_search == EXPANSION_SEARCH  # type: ignore[union-attr]
     got = [
         cold.search(vecs[i], texts[i][:12], now_epoch=NOW, limit=10, weights=TUNED)
         for i in range(0, 1200, 100)

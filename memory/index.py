@@ -131,6 +131,19 @@ class _VectorBuffer:
         self.writable = writable
         self.lock = threading.Lock()
 
+    def promote(self) -> None:
+        """Copy read-only (memory-mapped) rows into memory with room to append, so the next
+        version does not copy them on the request path. Versions holding the old rows keep
+        them (same values)."""
+        with self.lock:
+            if self.writable:
+                return
+            n = self.used
+            capacity = max(int(n * 1.25), n + 1024)
+            data = np.empty((capacity, self.data.shape[1]), dtype=np.float32)
+            data[:n] = self.data[:n]
+            self.data, self.writable = data, True
+
     def extend(self, parent: F32, new: F32) -> tuple[_VectorBuffer, F32]:
         n, k = parent.shape[0], new.shape[0]
         with self.lock:
@@ -469,6 +482,11 @@ class UserIndex:
     # --- reading ----------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.row_of)
+
+    def prepare_appends(self) -> None:
+        """See :meth:`_VectorBuffer.promote` (a snapshot's vectors are a read-only map)."""
+        if self.vectors.ndim == 2 and self.vectors.shape[1]:
+            self._buffer.promote()
 
     @property
     def rows(self) -> int:

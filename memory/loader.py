@@ -368,11 +368,16 @@ def load_index(session: Session, user_id: str, model: str, version: int) -> User
 def scan(session: Session, user_id: str, model: str) -> dict[int, Fingerprint]:
     """(memory id -> fingerprint) of the user's memories with a ``model`` embedding: the
     narrow read that tells a refresh what changed (no text, no vector)."""
-    rows = session.execute(
-        select(Memory.id, type_coerce(Memory.updated_at, String), MemoryEmbedding.id)
-        .join(MemoryEmbedding, MemoryEmbedding.memory_id == Memory.id)
-        .where(Memory.user_id == user_id, MemoryEmbedding.embedding_model == model)
-    ).all()
+    # The driver's cursor directly: at 100k rows SQLAlchemy's result rows cost as much as
+    # SQLite's own work (~0.45 s against ~0.25 s here), and the values are compared only.
+    conn = session.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    rows = conn.exec_driver_sql(
+        f"SELECT m.id, m.updated_at, e.id FROM {Memory.__tablename__} m "  # noqa: S608
+        f"JOIN {MemoryEmbedding.__tablename__} e ON e.memory_id = m.id "
+        f"WHERE m.user_id = {mark} AND e.embedding_model = {mark}",
+        (user_id, model),
+    ).fetchall()
     return {int(mid): (str(updated), int(emb)) for mid, updated, emb in rows}
 
 
@@ -656,6 +661,10 @@ def get_index(session: Session, user_id: str, model: str, *, ann: bool = False) 
         if base is None and version is not None and PERSIST.directory is not None:
             base = _load_snapshot(key, model)
             how = "snapshot"
+            if base is not None:
+                # Its vectors are a read-only map of the file: make room for the next write's
+                # rows off the request path.
+                BACKGROUND.submit("promote", key, base.prepare_appends)
         if base is not None:
             with time_query_stage("index_refresh"):
                 index = refresh(session, base, user_id, model, version or 0)

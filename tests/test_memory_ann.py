@@ -20,7 +20,10 @@ from cryptography.fernet import Fernet, MultiFernet
 from sqlalchemy import delete, select
 
 from db import crypto
+from db.bootstrap import bootstrap
+from db.engine import open_database
 from db.models import Memory, MemoryEmbedding, MemoryLink, User
+from db.settings import Settings
 from db.tenancy import require_tenant
 from memory import loader, snapshot
 from memory.ann import EXPANSION_SEARCH, AnnIndex
@@ -267,6 +270,17 @@ def test_many_removals_compact_the_index() -> None:
 
 
 # --- through the database: refresh, snapshot, forget --------------------------------------
+@pytest.fixture
+def any_deployment(any_settings: Settings) -> Iterator[Deployment]:
+    """A migrated deployment on SQLite and on PostgreSQL (the refresh reads raw column values,
+    which the two drivers return differently)."""
+    bootstrap(any_settings, issue_tokens=False)
+    crypto.configure(crypto.load_keyring(any_settings))
+    db = open_database(any_settings)
+    yield Deployment(settings=any_settings, db=db, webhook_secret="", tokens={})
+    db.dispose()
+
+
 def _user(dep: Deployment) -> str:
     with dep.db.write() as s:
         return create_guest(s, require_tenant(s, "default").id).user_id
@@ -331,8 +345,9 @@ def _seed(dep: Deployment, n: int) -> tuple[str, list[int], np.ndarray, list[str
 
 
 def test_a_committed_write_is_queryable_at_once_without_a_rebuild(
-    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+    any_deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    deployment = any_deployment
     ANN_CONFIG.threshold = 500
     uid, ids, vecs, _ = _seed(deployment, 1200)
     first = _index(deployment, uid)
@@ -375,8 +390,9 @@ def _pos(ids: list[int], mid: int) -> int:
 
 
 def test_cold_start_loads_the_snapshot_and_applies_what_changed_since(
-    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    any_deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    deployment = any_deployment
     ANN_CONFIG.threshold = 500
     loader.configure(persist_dir=tmp_path / "index", persist_min_memories=500)
     uid, ids, vecs, texts = _seed(deployment, 1200)

@@ -499,6 +499,107 @@ def fig_query(quick: bool) -> list[Figure]:
     return [fig]
 
 
+# --- per-user index at scale: exact vs ANN, recall, cold loads (bench_ann, run as a program) -----
+# The index as it was before ANN, refresh and snapshots (the "before" of the cold-load rows).
+ANN_BEFORE_REV = "b57eaa0"
+
+
+def fig_ann(quick: bool) -> list[Figure]:
+    from bench.load_memories import load
+
+    n = 40 if quick else 200
+    name, total, users, sizes = (
+        ("full-quick", 30_000, 300, [1000, 10000])
+        if quick
+        else ("full", 1_000_000, 10_000, [1000, 10000, 100000])
+    )
+    root = REPO / "data" / "bench-scale" / name
+    cmd = (
+        f"{PY} -m bench.bench_ann --root data/bench-scale/{name} "
+        f"--sizes {','.join(map(str, sizes))} --queries {n} --before-rev {ANN_BEFORE_REV}"
+    )
+    fig = Figure(
+        "ann",
+        "Per-user index at scale: exact vs ANN search, recall, cold load",
+        cmd,
+        floor_name="search rows: the exact scan of the same index; cold-load rows: the index "
+        f"before this work (`{ANN_BEFORE_REV}`: full rebuild, decrypt + tokenise every memory)",
+    )
+    load(root, total=total, users=users, sizes=sizes, pool=3000 if not quick else 300)
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.bench_ann", "--root", str(root), "--json"),
+            *("--sizes", ",".join(map(str, sizes)), "--queries", str(n)),
+            *("--before-rev", ANN_BEFORE_REV),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if out.returncode != 0:
+        fig.notes.append(f"failed: {out.stderr.strip()[-300:]}")
+        return [fig]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    fig.raw = data
+    before = data.get("before", {}).get("load_ms", {})
+    for size, r in data["sizes"].items():
+        at = f"{int(size):,} memories"
+        ex, an = r["exact_ms"], r["ann_ms"]
+        old = before.get(size)
+        fig.rows += [
+            Row(f"search p50, exact ({at})", ex["p50"], None),
+            Row(f"search p95, exact ({at})", ex["p95"], None),
+            Row(f"search p50, ANN ({at})", an["p50"], ex["p50"]),
+            Row(
+                f"search p95, ANN ({at})",
+                an["p95"],
+                ex["p95"],
+                target="≤ 5 ms at 100k" if size == "100000" else "",
+                met=(an["p95"] <= 5.0) if size == "100000" else None,
+            ),
+            Row(
+                f"recall@10 of ANN search vs exact ({at})",
+                r["recall_at_10"],
+                None,
+                unit="",
+                target="≥ 0.95",
+                met=r["recall_at_10"] >= 0.95,
+            ),
+            Row(
+                f"recall@10 of the graph alone vs exact cosine ({at})",
+                r["graph_recall_at_10"],
+                None,
+                unit="",
+            ),
+            Row(f"ANN graph build, 1 thread ({at})", r["ann_build_s"] * 1000, None),
+            Row(f"cold load, database rebuild ({at})", r["load_db_ms"], old),
+            Row(f"cold load, from snapshot ({at})", r["load_snapshot_ms"], old),
+            Row(f"refresh after a write ({at})", r["refresh_after_write_ms"], old),
+        ]
+        fig.notes.append(
+            f"{at}: recall@10 min {r['recall_at_10_min']:.2f} over the questions; snapshot "
+            f"{r['snapshot_bytes'] / 2**20:.0f} MiB on disk, written in "
+            f"{r['snapshot_save_ms']:.0f} ms; first search after the snapshot load "
+            f"{r['first_search_after_snapshot_ms']:.1f} ms."
+        )
+    fig.notes += [
+        f"Engine only (no HTTP, no query embedding): `UserIndex.search`, limit 10, the tuned "
+        f"weights (similarity {data['weights']['similarity']}, lexical "
+        f"{data['weights']['lexical']}), {data['queries']} questions (the query figure's 16 and "
+        "template questions), each timed on its second run. ANN is forced at every size for "
+        "the comparison; the service uses it from VOXMEM_MEMORY_ANN_THRESHOLD (20,000).",
+        "Recall@10 of ANN search: the share of the exact search's 10 results the ANN path "
+        "returns. The graph alone: its 10 nearest against the exact 10 nearest by cosine.",
+        "Cold load, database rebuild: what a process without a snapshot does (read, decrypt, "
+        "tokenise every memory). From snapshot: what a restarted process does for a user with "
+        "a snapshot at the current version. Refresh after a write: the scan that finds what "
+        "changed (no change applied here); the floor is the full reload the old index did "
+        "after every write.",
+    ]
+    return [fig]
+
+
 # --- call -> queryable, worker throughput, peak RSS -----------------------------------------------
 def _probe_calls(d: Deployment, probes: int, offset: int) -> tuple[list[float], list[float]]:
     lat, floor = [], []
@@ -970,6 +1071,7 @@ FIGURES: dict[str, Callable[[bool], list[Figure]]] = {
     "extraction": fig_extraction,
     "queryable": fig_queryable,
     "query": fig_query,
+    "ann": fig_ann,
     "locomo": fig_locomo,
     "insights": fig_insights,
     "endpoints": fig_endpoints,
@@ -978,6 +1080,7 @@ ORDER = [
     "intake",
     "init",
     "query",
+    "ann",
     "endpoints",
     "queryable",
     "workers",

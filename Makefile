@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint typecheck pytest bench clean tools audit
+.PHONY: help install run test lint typecheck pytest bench clean tools audit advisories
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,9 +33,12 @@ tools: ## test tools that are not Python packages (promtool for the alert rules,
 pytest: install tools ## the test suite only
 	$(BIN)/pytest
 
-test: install lint typecheck pytest ## everything CI runs
+advisories: install ## pinned dependencies against the vendored advisory snapshot (offline; ops/advisories/README.md)
+	$(BIN)/python ops/advisories/advisories.py check
 
-audit: install ## pinned dependencies against PyPI's vulnerability data (needs the PyPI JSON API; not part of `test`, see docs/security.md)
+test: install lint typecheck advisories pytest ## everything CI runs
+
+audit: install ## pinned dependencies against PyPI's live vulnerability data (online; `advisories` is the offline check in `test`)
 	$(BIN)/pip-audit -r constraints.txt --no-deps --disable-pip --vulnerability-service pypi --strict \
 		$$(grep -oE '^[A-Za-z0-9-]+' ops/pip-audit-allowlist.txt | sed 's/^/--ignore-vuln /')
 

@@ -20,6 +20,7 @@ from api.routes import init as init_routes
 from api.routes import insights as insights_routes
 from api.routes import metrics as metrics_route
 from api.routes import tools as tool_routes
+from api.security.deadline import BodyDeadlineMiddleware
 from api.state import AppState
 from db import crypto, metrics, tracing
 from db.checkpoint import Checkpointer, mitigation_in_force
@@ -97,6 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Long-term memory gateway for ElevenLabs voice agents.",
         lifespan=lifespan,
+    )
+    # Added first, so it runs inside the request-context middleware (its 408s get a request id,
+    # an access-log line and metrics like any other answer).
+    app.add_middleware(
+        BodyDeadlineMiddleware,
+        timeout_secs=settings.request_body_timeout_secs,
+        max_bytes=settings.max_body_bytes,
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)

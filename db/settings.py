@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # The whole webhook body must arrive within this many seconds, else 408 (slow-loris guard;
     # uvicorn itself has no body read timeout).
     intake_body_timeout_secs: float = 30.0
+    # Every other request body (init, tool, admin, console) must arrive within this many
+    # seconds, else 408 (api/security/deadline.py). Their bodies are a few hundred bytes.
+    request_body_timeout_secs: float = 10.0
 
     # --- queue ------------------------------------------------------------------------------
     queue_lease_secs: float = 300.0

@@ -45,7 +45,11 @@ def server(deployment: Deployment, tmp_path: Path) -> Iterator[Server]:
     """The API with its stdout/stderr captured (INFO, JSON logs) and a 2 s body timeout."""
     port = free_port()
     env = settings_env(deployment.settings)
-    env.update(VOXMEM_LOG_LEVEL="DEBUG", VOXMEM_INTAKE_BODY_TIMEOUT_SECS="2")
+    env.update(
+        VOXMEM_LOG_LEVEL="DEBUG",
+        VOXMEM_INTAKE_BODY_TIMEOUT_SECS="2",
+        VOXMEM_REQUEST_BODY_TIMEOUT_SECS="2",
+    )
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -189,6 +193,58 @@ def test_slow_body_is_cut_off_by_the_read_timeout(deployment: Deployment, server
     assert _events(deployment) == 0
     # The server is still healthy for everyone else.
     assert httpx.get(server.base + "/health/live", timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "scope", "chunked"),
+    [
+        ("/webhook/conversation-init", "init", False),
+        ("/tools/memory-query", "tool", False),
+        ("/t/default/tools/memory-query", "tool", True),
+        ("/v1/users/usr_0000000000000000/memories", "admin", False),
+        ("/v1/users/usr_0000000000000000/memories", "admin", True),
+    ],
+)
+def test_slow_json_bodies_are_cut_off_too(
+    deployment: Deployment, server: Server, path: str, scope: str, chunked: bool
+) -> None:
+    """Found by this test: init, tool and admin bodies were read by Starlette with no deadline
+    (uvicorn has none), so one byte a second held a request open for as long as the client
+    liked. api/security/deadline.py now answers 408 after request_body_timeout_secs."""
+    body = json.dumps({"query": "x" * 40, "content": "y" * 40, "caller_id": CALLER}).encode()
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {deployment.tokens[scope]}\r\n{framing}\r\n\r\n"
+    ).encode()
+    # Chunked: one 1-byte chunk per second (each chunk's framing sent whole).
+    trickle = b"".join(b"1\r\n" + bytes([b]) + b"\r\n" for b in body) if chunked else body
+    started = time.monotonic()
+    answer = _raw_request(server.port, head, trickle, every=1.0 / (6 if chunked else 1), limit=12.0)
+    elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"connection: close" in answer.lower()  # the rest of the body is not waited for
+    assert elapsed < 8.0
+    assert httpx.get(server.base + "/health/live", timeout=5).status_code == 200
+
+
+def test_oversized_json_bodies_are_refused_before_the_route(deployment: Deployment) -> None:
+    from api.app import create_app
+
+    settings = deployment.settings.model_copy(update={"max_body_bytes": 4096})
+    with TestClient(create_app(settings)) as small:
+        big = {"query": "x" * 5000}
+        for path, scope in (("/tools/memory-query", "tool"), ("/v1/users", "admin")):
+            answer = small.post(path, json=big, headers=deployment.auth(scope))
+            assert answer.status_code == 413, (path, answer.text)
+            assert answer.json() == {"detail": "request body exceeds 4096 bytes"}
+        ok = small.post(
+            "/tools/memory-query",
+            json={"query": "x", "caller_id": CALLER},
+            headers=deployment.auth("tool"),
+        )
+        assert ok.status_code == 200
 
 
 def test_oversized_headers_are_refused_and_the_server_survives(server: Server) -> None:

@@ -65,6 +65,8 @@ class AnnConfig:
 
 
 ANN_CONFIG = AnnConfig()
+# How much wider the second vector pool is when the first leaves too many rows unresolved.
+WIDEN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,9 +581,14 @@ class UserIndex:
         )
         pool = None if exact or similarity else self._candidates(q, mask, limit, lex_all)
         scored = _Scored(self, q, lex_all, now_epoch, weights, mask, similarity, pool)
-        if pool is not None and not self._complete(scored, pool.sim_floor, weights, limit):
-            # Too many rows could still make the top: score them all (exact).
-            scored = _Scored(self, q, lex_all, now_epoch, weights, mask, similarity, None)
+        if pool is not None and not self._complete(scored, pool, weights, limit, wide=False):
+            # Many rows outside the pool could still make the top (a large group of equal
+            # lexical matches, say): a wider vector pool lowers the similarity bound of the
+            # rest. Failing that, score every row.
+            pool = self._candidates(q, mask, limit, lex_all, widen=WIDEN)
+            scored = _Scored(self, q, lex_all, now_epoch, weights, mask, similarity, pool)
+            if pool is not None and not self._complete(scored, pool, weights, limit, wide=True):
+                scored = _Scored(self, q, lex_all, now_epoch, weights, mask, similarity, None)
         score = scored.score
         k = min(limit, int(np.isfinite(score).sum()))
         if k <= 0:
@@ -646,7 +653,9 @@ class UserIndex:
             for r, (s, via) in ranked
         ]
 
-    def _candidates(self, q: F32, mask: Bools, limit: int, lex_all: F64) -> _Pool | None:
+    def _candidates(
+        self, q: F32, mask: Bools, limit: int, lex_all: F64, widen: int = 1
+    ) -> _Pool | None:
         """Rows to score first, or None for all of them (exact)."""
         ann = self.ann()
         if ann is None:
@@ -658,6 +667,8 @@ class UserIndex:
             return _Pool(np.flatnonzero(mask), -1.0)
         members = int(self.active.sum())
         pool = max(ANN_CONFIG.min_pool, ANN_CONFIG.per_result * limit)
+        lexical_pool = pool
+        pool *= widen
         # The graph is searched over every member: widen the pool by how much the filters
         # thin it out, so about ``pool`` of the proposed rows pass them.
         want = min(members, math.ceil(pool * members / n_covered))
@@ -677,12 +688,14 @@ class UserIndex:
         lexical = np.where(mask, lex_all, 0.0)
         hits = int((lexical > 0).sum())
         if hits:
-            take = min(pool, hits)
+            take = min(lexical_pool, hits)
             parts.append(np.argpartition(-lexical, take - 1)[:take])
         rows = np.unique(np.concatenate(parts))
         return _Pool(rows[mask[rows]], floor)
 
-    def _complete(self, scored: _Scored, sim_floor: float, weights: Weights, limit: int) -> bool:
+    def _complete(
+        self, scored: _Scored, pool: _Pool, weights: Weights, limit: int, *, wide: bool
+    ) -> bool:
         """Add every row outside the pool whose score could still reach the top ``limit``.
 
         A row outside the pool has similarity <= ``sim_floor``, and every other component of
@@ -690,7 +703,9 @@ class UserIndex:
         bound of its composite is cheap for all rows at once; only rows whose bound reaches the
         current ``limit``-th score are scored. The result then equals the exact scan's,
         provided the graph returned the true nearest rows. False when that would be too many
-        rows (the caller scans them all)."""
+        rows, more than a tenth of the index: the caller widens the pool, or, ``wide``, scans
+        every row."""
+        sim_floor = pool.sim_floor
         if min(weights.similarity, weights.salience, weights.recency, weights.link) < 0:
             return False
         if weights.lexical < 0:
@@ -716,7 +731,7 @@ class UserIndex:
         extra = np.flatnonzero(outside & (bound >= kth - 1e-9))
         if len(extra) > max(5000, self.rows // 10):
             return False
-        scored.include(extra.tolist())
+        scored.include(extra)
         return True
 
     def nearest(
@@ -940,13 +955,15 @@ class _Scored:
         self.index, self.q, self.lex_all = index, q, lex_all
         self.now, self.weights, self.mask = now_epoch, weights, mask
         self.override = similarity or {}
-        self.pos: dict[int, int] | None = None
+        # Position of each row in the arrays below; -1: not scored. None: every row, in order.
+        self.pos: I64 | None = None
         if pool is None:
             self.rows = np.arange(index.rows, dtype=np.int64)
             sim = index.vectors @ q
         else:
             self.rows = pool.rows
-            self.pos = {int(r): i for i, r in enumerate(pool.rows.tolist())}
+            self.pos = np.full(index.rows, -1, dtype=np.int64)
+            self.pos[pool.rows] = np.arange(len(pool.rows))
             sim = index.vectors[pool.rows] @ q if len(pool.rows) else np.zeros(0, np.float32)
         self.sim, self.rec, self.score = self._components(self.rows, sim)
 
@@ -967,25 +984,23 @@ class _Scored:
         )
         return sim64, rec, np.where(self.mask[rows], score, -np.inf)
 
-    def include(self, rows: Sequence[int]) -> None:
-        """Score rows outside the pool (expansion and entity-hop targets)."""
-        if self.pos is None:
+    def include(self, rows: Sequence[int] | I64) -> None:
+        """Score rows outside the pool (bound completion, expansion and entity-hop targets)."""
+        if self.pos is None or not len(rows):
             return
-        extra = sorted({int(r) for r in rows if int(r) not in self.pos})
-        if not extra:
+        arr = np.unique(np.asarray(rows, dtype=np.int64))
+        arr = arr[self.pos[arr] < 0]
+        if not len(arr):
             return
-        arr = np.asarray(extra, dtype=np.int64)
         sim, rec, score = self._components(arr, self.index.vectors[arr] @ self.q)
-        base = len(self.rows)
+        self.pos[arr] = np.arange(len(self.rows), len(self.rows) + len(arr))
         self.rows = np.concatenate([self.rows, arr])
         self.sim = np.concatenate([self.sim, sim])
         self.rec = np.concatenate([self.rec, rec])
         self.score = np.concatenate([self.score, score])
-        for i, r in enumerate(extra):
-            self.pos[r] = base + i
 
     def _at(self, row: int) -> int:
-        return row if self.pos is None else self.pos[row]
+        return row if self.pos is None else int(self.pos[row])
 
     def of(self, row: int) -> float:
         return float(self.score[self._at(row)])

@@ -155,6 +155,11 @@ class BM25:
             self.docs = np.zeros(0, dtype=np.int64)
             self.tf = np.zeros(0, dtype=np.float64)
         self.rows = rows
+        # The term-frequency part of each posting depends only on the corpus, not the query:
+        # computed once here, a query multiplies it by its terms' idf (a term found in every
+        # memory, like "caller", has 100k postings at 100k memories).
+        norm = k1 * (1.0 - b + b * self.doc_len[self.docs] / self.avgdl)
+        self.weight = self.tf * (k1 + 1.0) / (self.tf + norm)
 
     def scores(self, query: str) -> npt.NDArray[np.float64]:
         out = np.zeros(self.rows, dtype=np.float64)
@@ -170,10 +175,7 @@ class BM25:
                 continue
             df = end - start
             idf = np.log(1.0 + (self.n_docs - df + 0.5) / (df + 0.5))
-            docs = self.docs[start:end]
-            tf = self.tf[start:end]
-            norm = self.k1 * (1.0 - self.b + self.b * self.doc_len[docs] / self.avgdl)
-            out[docs] += idf * tf * (self.k1 + 1.0) / (tf + norm)
+            out[self.docs[start:end]] += idf * self.weight[start:end]
         return out
 
 

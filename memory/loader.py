@@ -530,17 +530,19 @@ def _persist_now(key: tuple[str, str], slot: AnnSlot | None, index: UserIndex) -
     directory = PERSIST.directory
     if directory is None or key in _forgotten:
         return
-    latest = index
+    latest, nonce, dtype = index, snapshot.new_nonce(), None
     if slot is not None:
         with slot.lock:
+            # The graph is written while no refresh can move it (searches wait for the write,
+            # ~0.1 s at 100k), so the graph on disk matches the index version taken with it;
+            # the rest of the snapshot is written from that immutable version afterwards.
             latest = slot.latest or index
-            ann = slot.ann
-            if latest.fingerprints is None:
-                return
-            # Saved under the slot's lock, so the graph on disk matches the index on disk.
-            snapshot.save(directory, key, latest, crypto.keyring(), ann)
-    else:
-        snapshot.save(directory, key, latest, crypto.keyring())
+            if slot.ann is not None and latest.fingerprints is not None:
+                snapshot.save_ann(directory, key, nonce, slot.ann)
+                dtype = slot.ann.dtype
+    if latest.fingerprints is None:
+        return
+    snapshot.save(directory, key, latest, crypto.keyring(), nonce=nonce, ann_dtype=dtype)
     if key in _forgotten:  # erased while we wrote
         snapshot.delete(directory, key)
         return
@@ -574,6 +576,10 @@ def _after_put(
             BACKGROUND.submit("ann", key, lambda: _build_ann(key, slot))
             return  # the build writes the snapshot when it is done
     if how == "cache" or PERSIST.directory is None or key in _forgotten:
+        return
+    if members >= ANN_CONFIG.threshold and (slot is None or slot.ann is None):
+        # A process without the user's graph (a worker: it never builds one) must not replace
+        # a snapshot that has it; the process that builds the graph writes the snapshot.
         return
     if len(index) < PERSIST.min_memories:
         return

@@ -70,18 +70,35 @@ def _write(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def new_nonce() -> str:
+    return secrets.token_hex(8)
+
+
+def save_ann(root: Path, key: tuple[str, str], nonce: str, ann: AnnIndex) -> None:
+    """Write the graph of the snapshot ``nonce`` is about to become (``save(..., nonce=,
+    ann_dtype=)``); separate so the caller can hold the graph still just for this."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = _file(root, name_for(key), nonce, "ann")
+    ann.save(path)
+    os.chmod(path, 0o600)
+
+
 def save(
     root: Path,
     key: tuple[str, str],
     index: UserIndex,
     keyring: Keyring,
     ann: AnnIndex | None = None,
+    *,
+    nonce: str | None = None,
+    ann_dtype: AnnDtype | None = None,
 ) -> Path:
-    """Write ``index`` (and ``ann``, whose members must match it) as the user's snapshot."""
+    """Write ``index`` (and ``ann``, whose members must match it) as the user's snapshot.
+    ``nonce``/``ann_dtype``: the graph was already written with :func:`save_ann`."""
     if index.fingerprints is None:
         raise ValueError("only a loader-built index (with fingerprints) can be saved")
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name, nonce = name_for(key), secrets.token_hex(8)
+    name, nonce = name_for(key), nonce or new_nonce()
     previous = pointer(root, key)
     live = np.flatnonzero(index.alive)
     ids = index.ids[live]
@@ -141,8 +158,8 @@ def save(
     with os.fdopen(fd, "wb") as fh:
         np.save(fh, np.ascontiguousarray(index.vectors[live], dtype=np.float32))
     if ann is not None:
-        ann.save(_file(root, name, nonce, "ann"))
-        os.chmod(_file(root, name, nonce, "ann"), 0o600)
+        save_ann(root, key, nonce, ann)
+        ann_dtype = ann.dtype
     meta = {
         "format": FORMAT,
         "nonce": nonce,
@@ -151,7 +168,7 @@ def save(
         "version": index.version,
         "rows": len(live),
         "dim": int(index.vectors.shape[1]) if index.vectors.ndim == 2 else 0,
-        "ann": ann.dtype if ann is not None else None,
+        "ann": ann_dtype,
     }
     tmp = root / f"{name}.current.{nonce}.tmp"
     _write(tmp, json.dumps(meta).encode())

@@ -437,6 +437,29 @@ def test_cold_start_loads_the_snapshot_and_applies_what_changed_since(
     assert len(list((tmp_path / "index").glob("*.blob"))) == 1
 
 
+def test_a_process_without_the_graph_never_replaces_a_snapshot_that_has_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The worker never builds graphs: its refreshes must not overwrite the API's snapshot
+    (a restarted API would then rebuild the graph for half a minute)."""
+    ANN_CONFIG.threshold = 500
+    loader.configure(persist_dir=tmp_path / "index", persist_min_memories=500)
+    uid, ids, _, _ = _seed(deployment, 800)
+    _index(deployment, uid, ann=True)  # the API: graph built, snapshot written
+    written = snapshot.pointer(tmp_path / "index", _key(deployment, uid))
+    assert written is not None and written["ann"] == "f32"
+    loader.drop_all()
+    loader.configure(persist=False)
+    _index(deployment, uid, ann=False)  # a worker that loaded the user from the database
+    loader.configure(persist_dir=tmp_path / "index")
+    with deployment.db.write() as s:
+        s.execute(delete(MemoryEmbedding).where(MemoryEmbedding.memory_id == ids[3]))
+        s.execute(delete(Memory).where(Memory.id == ids[3]))
+    _bump(deployment, uid)
+    assert _index(deployment, uid, ann=False).delta_size == (0, 1)
+    assert snapshot.pointer(tmp_path / "index", _key(deployment, uid)) == written
+
+
 def _fail(*_a: object, **_k: object) -> UserIndex:
     raise AssertionError("full database load on a cold start with a snapshot on disk")
 

@@ -368,6 +368,8 @@ def reembed_user(session: Session, user_id: str, embedder: Embedder, batch: int 
             else:
                 row.embedding = vector_to_bytes(v)
                 row.dimension = int(v.shape[0])
+                # The index refresh finds changed memories by updated_at (memory/loader.py).
+                m.updated_at = datetime.now(UTC)
             done += 1
     user = session.get(User, user_id)
     if user is not None and done:

@@ -39,6 +39,7 @@ from memory.index import (
 )
 from memory.loader import vector_to_bytes
 from memory.scoring import Weights
+from memory.store import reembed_user
 from tests.conftest import Deployment
 
 T0 = datetime(2025, 11, 1, 12, 0, tzinfo=UTC)
@@ -458,6 +459,30 @@ def test_a_process_without_the_graph_never_replaces_a_snapshot_that_has_it(
     _bump(deployment, uid)
     assert _index(deployment, uid, ann=False).delta_size == (0, 1)
     assert snapshot.pointer(tmp_path / "index", _key(deployment, uid)) == written
+
+
+class _Constant:
+    """An embedder of this test's model that maps every text to one vector."""
+
+    name = MODEL
+
+    def __init__(self, vector: np.ndarray) -> None:
+        self.vector = vector
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.tile(self.vector, (len(texts), 1))
+
+
+def test_reembedding_in_place_reaches_the_cached_index(deployment: Deployment) -> None:
+    uid, ids, _, _ = _seed(deployment, 50)
+    _index(deployment, uid)
+    target = np.zeros(DIM, dtype=np.float32)
+    target[0] = 1.0
+    with deployment.db.write() as s:
+        assert reembed_user(s, uid, _Constant(target)) == 50  # same model: rows updated
+    index = _index(deployment, uid)
+    assert index.delta_size == (50, 0)
+    assert np.allclose(index.memory(ids[9]).vector, target)
 
 
 def _fail(*_a: object, **_k: object) -> UserIndex:

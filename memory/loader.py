@@ -439,7 +439,9 @@ def _lock_for(key: tuple[str, str]) -> threading.Lock:
         lock = _key_locks.get(key)
         if lock is None:
             if len(_key_locks) > 4 * 4096:
-                _key_locks.clear()  # idle locks only matter while held; held ones are kept
+                # Bounded. Dropping a lock someone holds costs at most one duplicate load of
+                # that user (the cache keeps the newer version).
+                _key_locks.clear()
             lock = _key_locks[key] = threading.Lock()
         return lock
 

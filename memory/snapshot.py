@@ -68,6 +68,18 @@ def _write(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync(path: Path) -> None:
+    """Durable before the pointer names it: after a power loss the pointer must not name a
+    file whose blocks never reached the disk (a zero-filled vector file would load)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def new_nonce() -> str:
@@ -81,6 +93,7 @@ def save_ann(root: Path, key: tuple[str, str], nonce: str, ann: AnnIndex) -> Non
     path = _file(root, name_for(key), nonce, "ann")
     ann.save(path)
     os.chmod(path, 0o600)
+    _fsync(path)
 
 
 def save(
@@ -157,6 +170,8 @@ def save(
     fd = os.open(_file(root, name, nonce, "vec"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         np.save(fh, np.ascontiguousarray(index.vectors[live], dtype=np.float32))
+        fh.flush()
+        os.fsync(fh.fileno())
     if ann is not None:
         save_ann(root, key, nonce, ann)
         ann_dtype = ann.dtype
@@ -173,6 +188,7 @@ def save(
     tmp = root / f"{name}.current.{nonce}.tmp"
     _write(tmp, json.dumps(meta).encode())
     os.replace(tmp, root / f"{name}.current")
+    _fsync(root)
     # The snapshot just replaced, and leftovers of writers that died or lost a race.
     if previous is not None and previous.get("nonce") != nonce:
         _remove_nonce(root, name, str(previous.get("nonce")))

@@ -85,8 +85,12 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
-        # Slow-body clients are cut off instead of holding a worker forever.
+        # Idle keep-alive connections close after 5 s (uvicorn's only timer: it covers the gap
+        # between requests, not a slow head or body).
         timeout_keep_alive=5,
+        # Slow loris: httptools with a deadline on each request's head (and a new connection's
+        # first byte); bodies get theirs in api/security/deadline.py.
+        http="api.security.head_deadline:HeadDeadlineProtocol",
     )
 
 

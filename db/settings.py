@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # Every other request body (init, tool, admin, console) must arrive within this many
     # seconds, else 408 (api/security/deadline.py). Their bodies are a few hundred bytes.
     request_body_timeout_secs: float = 10.0
+    # A request's line and headers (and a new connection's first byte) must arrive within this
+    # many seconds, else 408 and close (api/security/head_deadline.py; uvicorn has no such timer).
+    request_head_timeout_secs: float = 10.0
 
     # --- queue ------------------------------------------------------------------------------
     queue_lease_secs: float = 300.0

@@ -49,6 +49,7 @@ def server(deployment: Deployment, tmp_path: Path) -> Iterator[Server]:
         VOXMEM_LOG_LEVEL="DEBUG",
         VOXMEM_INTAKE_BODY_TIMEOUT_SECS="2",
         VOXMEM_REQUEST_BODY_TIMEOUT_SECS="2",
+        VOXMEM_REQUEST_HEAD_TIMEOUT_SECS="2",
     )
     log = tmp_path / "server.log"
     with log.open("wb") as out:
@@ -226,6 +227,56 @@ def test_slow_json_bodies_are_cut_off_too(
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"connection: close" in answer.lower()  # the rest of the body is not waited for
     assert elapsed < 8.0
+    assert httpx.get(server.base + "/health/live", timeout=5).status_code == 200
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("first", "trickle"),
+    [
+        (b"", b""),  # connects and sends nothing
+        (b"", b"GET /health/live HTTP/1.1\r\nHost: x\r\n"),  # a slow request line
+        (b"POST /tools/memory-query HTTP/1.1\r\nHost: x\r\n", b"X-Slow: " + b"a" * 30),
+    ],
+    ids=["idle", "request-line", "headers"],
+)
+def test_slow_headers_and_idle_connections_are_cut_off(
+    server: Server, first: bytes, trickle: bytes
+) -> None:
+    """Found by this test: uvicorn arms no timer before a request's head is complete, so an
+    idle connection, or a head trickled a byte a second, stayed open indefinitely (checked for
+    25 s). api/security/head_deadline.py answers 408 and closes after
+    request_head_timeout_secs, for the first request and for the next one on a kept-alive
+    connection."""
+    started = time.monotonic()
+    if trickle:
+        answer = _raw_request(server.port, first, trickle, every=1.0, limit=12.0)
+    else:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=12) as sock:
+            answer = _read_head(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - started < 8.0
+    # A kept-alive connection: one complete request, then a slow second head.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        first_reply = b""
+        while b'"alive"}' not in first_reply:  # the whole first response, body included
+            first_reply += sock.recv(65536)
+        assert first_reply.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /health/live HTTP/1.1\r\n")
+        second = time.monotonic()
+        assert _read_head(sock).startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - second < 5.0
     assert httpx.get(server.base + "/health/live", timeout=5).status_code == 200
 
 

@@ -324,6 +324,10 @@ def build_response(
     return body
 
 
+# Logged in place of a user_id or caller_id in the request that is not the answered user's.
+NOT_THIS_USER = "<not the answered user>"
+
+
 def log_invocation(
     state: AppState,
     identity: TokenIdentity,
@@ -356,6 +360,22 @@ def log_invocation(
             if found is not None:
                 metrics.observe_forgotten_drop("tool_log", found.kind)
                 return
+        # The row belongs to the answered user (a forget deletes it with them), so it names
+        # nobody else: a user_id or caller_id in the body that is not theirs (a spoofing LLM, a
+        # late tool call of a forgotten user's call, another tenant's id) is replaced by a
+        # marker. Otherwise forgetting that person left their id or number in this row (found
+        # by the isolation state machine, tests/test_isolation_property.py).
+        stored_params = params
+        foreign: dict[str, str] = {}
+        if body.user_id and body.user_id != user_id:
+            foreign["user_id"] = NOT_THIS_USER
+        if body.caller_id:
+            e164 = normalize_number(body.caller_id)
+            owner = user_id_for_number(session, tenant_id, e164) if e164 else None
+            if owner is None or owner != user_id:
+                foreign["caller_id"] = NOT_THIS_USER
+        if foreign:
+            stored_params = body.model_copy(update=foreign).model_dump_json(exclude_none=True)
         conversation_fk = None
         if conversation_id:
             conversation_fk = session.scalar(
@@ -372,7 +392,7 @@ def log_invocation(
                 conversation_fk=conversation_fk,
                 origin="live",
                 tool_name=TOOL_NAME,
-                request_params=params,
+                request_params=stored_params,
                 response_data=data,
                 latency_ms=latency_ms,
                 success=error is None,

@@ -731,7 +731,7 @@ class UserIndex:
         extra = np.flatnonzero(outside & (bound >= kth - 1e-9))
         if len(extra) > max(5000, self.rows // 10):
             return False
-        scored.include(extra)
+        scored.include(extra, distinct=True)  # outside the pool, from flatnonzero
         return True
 
     def nearest(
@@ -984,12 +984,15 @@ class _Scored:
         )
         return sim64, rec, np.where(self.mask[rows], score, -np.inf)
 
-    def include(self, rows: Sequence[int] | I64) -> None:
-        """Score rows outside the pool (bound completion, expansion and entity-hop targets)."""
+    def include(self, rows: Sequence[int] | I64, *, distinct: bool = False) -> None:
+        """Score rows outside the pool (bound completion, expansion and entity-hop targets);
+        ``distinct``: ``rows`` has no repeats and none of them is scored yet."""
         if self.pos is None or not len(rows):
             return
-        arr = np.unique(np.asarray(rows, dtype=np.int64))
-        arr = arr[self.pos[arr] < 0]
+        arr = np.asarray(rows, dtype=np.int64)
+        if not distinct:
+            arr = np.unique(arr)
+            arr = arr[self.pos[arr] < 0]
         if not len(arr):
             return
         sim, rec, score = self._components(arr, self.index.vectors[arr] @ self.q)

@@ -65,6 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer = BackgroundWriter(state.db)
         writer.start()
         state.extras[BACKGROUND_WRITER] = writer
+        # Not ready until the model is loaded: the first calls routed to a process still
+        # loading it (ONNX session build holds the CPU ~0.5 s) overran init's deadline.
+        state.extras[search.WARM_KEY] = threading.Event()
         threading.Thread(target=search.warm_up, args=(state,), daemon=True).start()
         log.info(
             "api.started",

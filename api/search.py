@@ -7,6 +7,7 @@ engine (``memory.retrieval``) is built lazily and kept in ``AppState.extras``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,9 +91,13 @@ def build_engine_search(state: AppState) -> MemorySearch:
     return EngineSearch(state.settings)
 
 
+WARM_KEY = "engine_warm"
+
+
 def warm_up(state: AppState) -> None:
     """Build the engine adapter and load its model off the request path (daemon thread at
-    start-up): the first tool call of a fresh process must not pay the model load."""
+    start-up): the first tool call of a fresh process must not pay the model load. Readiness
+    (``/health/ready``) waits for this to end, successfully or not."""
     import structlog
 
     try:
@@ -102,3 +107,7 @@ def warm_up(state: AppState) -> None:
             warm()
     except Exception as exc:  # noqa: BLE001 - the tool reports unavailability itself
         structlog.get_logger("voxmem.search").warning("search.warm_up_failed", error=str(exc)[:200])
+    finally:
+        done = state.extras.get(WARM_KEY)
+        if isinstance(done, threading.Event):
+            done.set()

@@ -14,10 +14,32 @@ def test_live(client: TestClient) -> None:
     assert client.get("/health/live").json() == {"status": "alive"}
 
 
-def test_ready_when_migrated(client: TestClient) -> None:
+def test_ready_when_migrated_and_the_model_is_loaded(client: TestClient) -> None:
+    from api.search import WARM_KEY
+
+    warm = client.app.state.voxmem.extras[WARM_KEY]  # type: ignore[attr-defined]
+    assert warm.wait(60), "the engine warm-up never finished"
     response = client.get("/health/ready")
     assert response.status_code == 200
     assert response.json()["status"] == "ready"
+
+
+def test_not_ready_while_the_model_loads(client: TestClient) -> None:
+    import threading
+
+    from api.search import WARM_KEY
+
+    extras = client.app.state.voxmem.extras  # type: ignore[attr-defined]
+    real = extras[WARM_KEY]
+    assert real.wait(60)  # the real warm-up is over: it cannot set the stand-in below
+    extras[WARM_KEY] = threading.Event()  # a warm-up still running
+    try:
+        response = client.get("/health/ready")
+        assert response.status_code == 503
+        assert "model" in response.json()["reason"]
+        assert client.get("/health/live").status_code == 200  # alive all the same
+    finally:
+        extras[WARM_KEY] = real
 
 
 def test_health_reports_sqlite_version_mitigation_and_queue(client: TestClient) -> None:

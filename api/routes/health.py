@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import StateDep
+from api.search import WARM_KEY
 from db.checkpoint import mitigation_in_force
 from db.engine import ping, sqlite_version
 from db.migrate import is_migrated
@@ -24,6 +26,10 @@ def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
+# A probe arriving during start-up waits this long for the model before answering 503.
+WARM_WAIT_SECS = 0.5
+
+
 @router.get("/health/ready")
 def ready(state: StateDep) -> JSONResponse:
     try:
@@ -38,6 +44,11 @@ def ready(state: StateDep) -> JSONResponse:
         return JSONResponse({"status": "not_ready", "reason": str(exc)[:200]}, status_code=503)
     if not migrated:
         return JSONResponse({"status": "not_ready", "reason": "schema not at head"}, 503)
+    warm = state.extras.get(WARM_KEY)
+    if isinstance(warm, threading.Event) and not warm.wait(WARM_WAIT_SECS):
+        return JSONResponse(
+            {"status": "not_ready", "reason": "loading the memory engine's model"}, 503
+        )
     return JSONResponse({"status": "ready"})
 
 

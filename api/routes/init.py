@@ -208,14 +208,19 @@ class InitWork:
         self.req = req
         self.response: dict[str, Any] | None = None
         self.error: Exception | None = None
+        self._notify: Callable[[], None] = lambda: None
 
     def run_guarded(self, db: Any, notify: Callable[[], None]) -> None:
-        """``run`` for the executor: never raises; ``notify`` fires when done.
+        """``run`` for the executor: never raises; ``notify`` fires once the answer is final
+        (at the latest when the work ends).
 
-        The answer waits for the binding commit (within the deadline): answering before it
-        would let a second init of the same conversation, racing the first, name a different
-        user than the one finally bound. Only past the deadline is the read-phase answer sent
-        while the write finishes behind it."""
+        A caller whose number already maps to a user is answered right after the read phase:
+        the number -> user mapping is settled, so a racing init of the same conversation
+        reads the same user, and the binding's commit (which waits for the write lock a worker
+        may hold for tens of milliseconds) happens behind the answer. A first-time caller's
+        answer waits for the commit that creates the guest: two racing inits must not hand
+        out two different guests. Past the deadline the read-phase answer, if any, is sent."""
+        self._notify = notify
         try:
             self.run(db)
         except Exception as exc:  # noqa: BLE001 - reported through self.error
@@ -243,6 +248,8 @@ class InitWork:
                 )
         if already_bound:
             return  # a redelivered init: the binding exists, nothing to write
+        if user is not None:
+            self._notify()  # known caller: the answer is final, the binding follows it
         if user is None and number is None and not (req.conversation_id or req.call_sid):
             return  # nobody to remember and nothing to bind: the neutral answer is right
         # Relaxed (no fsync of its own): a binding and a first caller's guest are routing

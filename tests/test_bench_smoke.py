@@ -38,7 +38,8 @@ def test_run_all_quick_writes_the_document(tmp_path: Path) -> None:
     assert "Machine: " in doc and "SQLite" in doc
     assert "## conversation-init latency" in doc
     assert "## Extraction throughput" in doc
-    assert "| init p95, returning caller |" in doc
+    assert "| server-side init p95, returning caller |" in doc
+    assert "| client-side init p95, returning caller |" in doc
     stored = json.loads(results.read_text())
     assert set(stored) == {"init", "extraction"}
     assert all(r["value"] > 0 for fig in stored.values() for r in fig["rows"])

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from api.state import AppState
+from db.engine import Database
 
 EXTRA_KEY = "memory_search"
 
@@ -54,6 +55,10 @@ class MemorySearch(Protocol):
         """Optional head start on ``query`` (the embedding) before ``search`` is called."""
         ...
 
+    def prewarm(self, db: Database, user_id: str) -> None:
+        """Optional: load ``user_id``'s memories in the background (their call started)."""
+        ...
+
 
 class UnavailableSearch:
     def __init__(self, reason: str) -> None:
@@ -72,6 +77,9 @@ class UnavailableSearch:
         raise SearchUnavailable(self.reason)
 
     def prefetch(self, query: str) -> None:
+        return None
+
+    def prewarm(self, db: Database, user_id: str) -> None:
         return None
 
 

@@ -398,3 +398,28 @@ def test_the_binding_survives_a_killed_api_process(live_server: Any) -> None:
             )
             == user_id
         )
+
+
+def test_a_returning_callers_memories_are_loaded_when_the_call_starts(
+    client: TestClient, deployment: Deployment
+) -> None:
+    """The first memory_query of a call must not pay the user's cold index load: init starts
+    it in the background for a returning caller (api/engine_search.py)."""
+    from memory import loader
+    from memory.embedders import LocalEmbedder
+
+    user_id = seed_returning_user(deployment, "+15551234567")
+    loader.CACHE.clear()
+    with deployment.db.read() as session:
+        assert not loader.is_cached(session, user_id, LocalEmbedder.name)
+    resp = client.post(
+        URL, json=fixture("initiation_request_twilio.json"), headers=deployment.auth("init")
+    )
+    assert resp.json()["dynamic_variables"]["caller_status"] == "returning"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with deployment.db.read() as session:
+            if loader.is_cached(session, user_id, LocalEmbedder.name):
+                return
+        time.sleep(0.05)
+    pytest.fail("the returning caller's index was not loaded after init")

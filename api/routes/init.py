@@ -31,6 +31,8 @@ from sqlalchemy.orm import Session
 
 from api.auth import InitAuth
 from api.deps import StateDep
+from api.search import get_search
+from api.state import AppState
 from db import metrics
 from db.models import ConversationBinding, User
 from db.settings import Settings
@@ -295,6 +297,15 @@ class InitWork:
                 )
 
 
+def _prewarm(state: AppState, body: dict[str, Any]) -> None:
+    """A returning caller's call has started: have their memories loaded before the agent's
+    first memory_query (off the answer's path; api/engine_search.py bounds the work)."""
+    variables = body.get("dynamic_variables") or {}
+    user_id = variables.get("user_id")
+    if user_id and variables.get("caller_status") == "returning":
+        get_search(state).prewarm(state.db, str(user_id))
+
+
 def fallback(reason: str, started: float, **fields: Any) -> JSONResponse:
     metrics.observe_init(time.perf_counter() - started, fallback_reason=reason)
     log.warning("init.fallback", reason=reason, **fields)
@@ -367,6 +378,7 @@ async def conversation_init(request: Request, identity: InitAuth, state: StateDe
             return answer(work.response, started)
         return fallback("deadline", started, tenant=identity.tenant_slug)
     if work.response is not None:
+        _prewarm(state, work.response)
         return answer(work.response, started)
     if work.error is not None:
         failure = work.error

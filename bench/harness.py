@@ -8,6 +8,7 @@ engine. Every loop is bounded in count and time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -42,10 +43,14 @@ def server_ms(resp: httpx.Response) -> float:
     return float(match.group(1))
 
 
+_QUERY_SERIAL = itertools.count()
+
+
 def unique_query(queries: Sequence[str], i: int) -> str:
-    """Request i's query, never repeated in a run: the API caches query embeddings
-    (memory/embedders/query_cache.py), and a benchmark must pay for every one."""
-    return f"{queries[i % len(queries)]} #{i}"
+    """Request i's query, never repeated anywhere in this benchmark process: the API caches
+    query embeddings (memory/embedders/query_cache.py), and a benchmark must pay for every
+    one. The serial is process-wide, so two users (or two sizes) never share a query text."""
+    return f"{queries[i % len(queries)]} #{next(_QUERY_SERIAL)}"
 
 
 def pct(values: Sequence[float], q: float) -> float:

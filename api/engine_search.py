@@ -42,8 +42,8 @@ class EngineSearch:
                 embedder = embedder_for(self.settings)
             except (EmbedderError, OSError, ValueError) as exc:
                 raise SearchUnavailable(f"embedder unavailable: {exc}") from exc
-            # Queries only: the tool embeds one short text per call and agents repeat their
-            # questions across calls (memory/embedders/query_cache.py).
+            # Queries only: the tool embeds one short text per call (memory/embedders/
+            # query_cache.py); prefetch() starts it while the user is being resolved.
             self._queries = QueryEmbeddingCache(embedder)
             # One factory for worker and API: every retrieval setting (weights, expansion,
             # entity hop, database-search threshold) reaches the tool.
@@ -71,6 +71,15 @@ class EngineSearch:
         finally:
             with self._prewarm_lock:
                 self._prewarming.discard(user_id)
+
+    def prefetch(self, query: str) -> None:
+        """Begin embedding ``query`` in the background; errors surface in ``search``."""
+        try:
+            self.retriever()
+        except SearchUnavailable:
+            return
+        if self._queries is not None:
+            self._queries.prefetch(query)
 
     def warm_up(self) -> None:
         """Load the model and run one embedding so the first caller does not pay for it."""

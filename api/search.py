@@ -51,6 +51,10 @@ class MemorySearch(Protocol):
         already checked that the user belongs to the token's tenant."""
         ...
 
+    def prefetch(self, query: str) -> None:
+        """Optional head start on ``query`` (the embedding) before ``search`` is called."""
+        ...
+
     def prewarm(self, db: Database, user_id: str) -> None:
         """Optional: load ``user_id``'s memories in the background (their call started)."""
         ...
@@ -71,6 +75,9 @@ class UnavailableSearch:
         include_sources: bool,
     ) -> list[SearchHit]:
         raise SearchUnavailable(self.reason)
+
+    def prefetch(self, query: str) -> None:
+        return None
 
     def prewarm(self, db: Database, user_id: str) -> None:
         return None

@@ -1,5 +1,5 @@
-"""Query embeddings for the memory_query tool: remembered for repeated questions, never
-cached when they failed."""
+"""Query embeddings for the memory_query tool: prefetched while the user is resolved,
+remembered for repeated questions, never cached when they failed."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ class CountingEmbedder:
         return l2_normalise(rows)
 
 
+def test_prefetch_runs_in_the_background_and_search_reuses_it() -> None:
+    inner = CountingEmbedder()
+    cache = QueryEmbeddingCache(inner)
+    inner.release.clear()
+    cache.prefetch("refund promised?")
+    assert inner.started.wait(5)
+    assert inner.threads == ["voxmem-embed_0"]  # not the request thread
+    inner.release.set()
+    vector = cache.embed(["refund promised?"])
+    assert len(inner.calls) == 1  # the prefetched result, not a second embedding
+    np.testing.assert_allclose(vector, inner.embed(["refund promised?"]))
+
+
 def test_a_repeated_question_is_not_embedded_again() -> None:
     inner = CountingEmbedder()
     cache = QueryEmbeddingCache(inner)
@@ -63,6 +76,7 @@ def test_a_failed_embedding_is_raised_and_not_cached() -> None:
     inner = CountingEmbedder()
     cache = QueryEmbeddingCache(inner)
     inner.fail_next = True
+    cache.prefetch("allergies")
     with pytest.raises(EmbedderError):
         cache.embed(["allergies"])
     assert cache.embed(["allergies"]).shape == (1, 4)  # retried, not the cached failure
@@ -81,6 +95,7 @@ def test_batches_bypass_the_cache() -> None:
 def test_cached_vectors_equal_the_local_model() -> None:
     local = LocalEmbedder()
     cache = QueryEmbeddingCache(local)
+    cache.prefetch("does the caller have pets")
     np.testing.assert_allclose(
         cache.embed(["does the caller have pets"]),
         local.embed(["does the caller have pets"]),

@@ -430,6 +430,9 @@ def memory_query(
     hits: list[SearchHit] = []
     summary = EMPTY_SUMMARY
     search = get_search(state)
+    # The caller is authenticated: start embedding the query now, so it runs while the user
+    # is resolved and the cached index validated (api/search.py, memory/embedders).
+    search.prefetch(body.query)
     try:
         with state.db.read() as session:
             user_id, via = resolve_tool_user(

@@ -43,25 +43,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.harness import REPO, pct  # noqa: E402
-
-QUERIES = [
-    "what did we promise to send",
-    "allergies in the family",
-    "how does the caller like to be contacted",
-    "which CRM does the company use",
-    "problems with the router",
-    "refund request amount",
-    "travel plans",
-    "delayed order delivery",
-    "who handles the account",
-    "billing address change",
-    "music lessons for the kids",
-    "discount promised",
-    "frustrated about the double charge",
-    "callback on Friday",
-    "vegetarian food preferences",
-    "team size evaluating the plan",
-]
+from bench.harness import SCALE_QUERIES as QUERIES  # noqa: E402
 
 BEFORE_SCRIPT = """
 import json, os, sys, time

@@ -43,6 +43,26 @@ def server_ms(resp: httpx.Response) -> float:
     return float(match.group(1))
 
 
+# The 16 questions the scale figures (query, ann) ask of the generated memories.
+SCALE_QUERIES = [
+    "what did we promise to send",
+    "allergies in the family",
+    "how does the caller like to be contacted",
+    "which CRM does the company use",
+    "problems with the router",
+    "refund request amount",
+    "travel plans",
+    "delayed order delivery",
+    "who handles the account",
+    "billing address change",
+    "music lessons for the kids",
+    "discount promised",
+    "frustrated about the double charge",
+    "callback on Friday",
+    "vegetarian food preferences",
+    "team size evaluating the plan",
+]
+
 _QUERY_SERIAL = itertools.count()
 
 

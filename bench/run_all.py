@@ -50,6 +50,7 @@ from bench.harness import (  # noqa: E402
     six_turns,
     unique_query,
 )
+from bench.harness import SCALE_QUERIES as QUERIES  # noqa: E402
 
 PY = ".venv/bin/python"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -266,26 +267,6 @@ def fig_init(quick: bool) -> list[Figure]:
 
 
 # --- memory-query at scale --------------------------------------------------------------------
-QUERIES = [
-    "what did we promise to send",
-    "allergies in the family",
-    "how does the caller like to be contacted",
-    "which CRM does the company use",
-    "problems with the router",
-    "refund request amount",
-    "travel plans",
-    "delayed order delivery",
-    "who handles the account",
-    "billing address change",
-    "music lessons for the kids",
-    "discount promised",
-    "frustrated about the double charge",
-    "callback on Friday",
-    "vegetarian food preferences",
-    "team size evaluating the plan",
-]
-
-
 def _floor_scan(db_path: Path, user_id: str, n: int) -> list[float]:
     """Embed the query + exact numpy scan (matmul + argpartition top 10) of the user's vectors."""
     import numpy as np

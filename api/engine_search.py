@@ -73,13 +73,15 @@ class EngineSearch:
                 self._prewarming.discard(user_id)
 
     def prefetch(self, query: str) -> None:
-        """Begin embedding ``query`` in the background; errors surface in ``search``."""
+        """Begin embedding ``query`` in the background. Never raises: it runs before the
+        route's error handling, and any failure here surfaces again, handled, in ``search``
+        (a caller must get "memory unavailable", never a 500)."""
         try:
             self.retriever()
-        except SearchUnavailable:
-            return
-        if self._queries is not None:
-            self._queries.prefetch(query)
+            if self._queries is not None:
+                self._queries.prefetch(query)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.debug("search.prefetch_skipped", error_class=type(exc).__name__)
 
     def warm_up(self) -> None:
         """Load the model and run one embedding so the first caller does not pay for it."""

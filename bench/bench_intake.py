@@ -32,7 +32,7 @@ from pathlib import Path
 from api.security.signatures import sign
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURE = REPO.parent / "shared" / "elevenlabs" / "fixtures" / "post_call_transcription.json"
+FIXTURE = REPO / "tests" / "fixtures" / "elevenlabs" / "post_call_transcription.json"
 CONV_ID = b"conv_6801kb3m9q2rv4tx8e0d7c5j1n3p"
 PATH = "/webhook/post-call"
 _CL = re.compile(rb"content-length:\s*(\d+)", re.I)

@@ -25,7 +25,9 @@ from db.tenancy import active_webhook_secrets, create_token, require_tenant
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "elevenlabs" / "fixtures"
+# The real ElevenLabs payloads (SPEC §1-§3), vendored so a bare clone tests on its own;
+# tests/test_fixture_copies.py keeps them byte-identical to ../shared when it is present.
+FIXTURES = REPO / "tests" / "fixtures" / "elevenlabs"
 
 # The embedded PostgreSQL server and the sqlite/postgres parametrised fixtures (tests/pg.py).
 pytest_plugins = ["tests.pg"]

@@ -184,7 +184,7 @@ class InsertResult:
 
 
 class WriterStoppedError(RuntimeError):
-    pass
+    """The ingest writer is shut down: the event was not stored (the route answers 503)."""
 
 
 _STOP = object()

@@ -32,7 +32,7 @@ JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 
 class WalNotEnabledError(RuntimeError):
-    pass
+    """The SQLite file is not in WAL mode and could not be switched: refuse to start."""
 
 
 def _sqlite_pragmas(*, read_only: bool, durable: bool = True) -> list[str]:

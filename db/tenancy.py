@@ -18,7 +18,7 @@ TOKEN_PREFIX = "vxm_"  # noqa: S105 - a public prefix, not a secret
 
 
 class TenancyError(ValueError):
-    pass
+    """A tenant, secret or token request that cannot be honoured (message says why)."""
 
 
 @dataclass(frozen=True)

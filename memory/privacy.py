@@ -54,7 +54,7 @@ from memory.identity import get_user
 
 
 class UserNotFound(LookupError):
-    pass
+    """No such user in this tenant (an admin request answers 404)."""
 
 
 def iso(value: datetime | None) -> str | None:

@@ -265,7 +265,7 @@ def read_credentials(path: Path) -> Credentials:
 # The run
 # --------------------------------------------------------------------------------------------
 class DemoError(RuntimeError):
-    pass
+    """A demo step failed; the message says which and what was expected."""
 
 
 @dataclass

@@ -24,11 +24,11 @@ class BodyTooLargeError(Exception):
 
 
 class BadContentLengthError(Exception):
-    pass
+    """Content-Length is not a non-negative integer, or the body disagrees with it."""
 
 
 class ClientDisconnectedError(Exception):
-    pass
+    """The client went away before the whole body arrived."""
 
 
 class BodyTimeoutError(Exception):

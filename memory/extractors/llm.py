@@ -70,7 +70,7 @@ _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.S)
 
 
 class LLMExtractionError(RuntimeError):
-    pass
+    """The model's answer was unusable; the caller falls back to the local extractor."""
 
 
 def render_transcript(call: CallForExtraction) -> str:

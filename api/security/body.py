@@ -24,7 +24,7 @@ class BodyTooLargeError(Exception):
 
 
 class BadContentLengthError(Exception):
-    """Content-Length is not a non-negative integer, or the body disagrees with it."""
+    """The Content-Length header is not a non-negative integer."""
 
 
 class ClientDisconnectedError(Exception):

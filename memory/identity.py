@@ -6,6 +6,7 @@ ciphertext (display). The plaintext number is never written anywhere.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sqlalchemy.sql import Select
 
 from db.crypto import keyring
 from db.models import CallerNumber, ConversationBinding, User
+from db.settings import Settings
 from db.types import utcnow
 
 ANONYMOUS = frozenset({"", "anonymous", "unknown", "private", "restricted", "unavailable", "null"})
@@ -53,6 +55,18 @@ def normalize_number(raw: str | None, default_region: str = "US") -> str | None:
     if not phonenumbers.is_possible_number(parsed):
         return compact[:32]
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def own_numbers(settings: Settings) -> frozenset[str]:
+    """Our own numbers (``VOXMEM_OWN_NUMBERS``), normalised: on outbound calls ElevenLabs puts
+    one of them in ``caller_id``, and it identifies nobody."""
+    return _normalised_numbers(tuple(settings.own_number_list))
+
+
+@functools.lru_cache(maxsize=8)
+def _normalised_numbers(raw_numbers: tuple[str, ...]) -> frozenset[str]:
+    # Asked on every init, tool call and post-call; phonenumbers parsing costs ~50 us a number.
+    return frozenset(n for n in (normalize_number(raw) for raw in raw_numbers) if n is not None)
 
 
 def number_hash(e164: str) -> str:

@@ -28,7 +28,7 @@ from db.engine import Database
 from db.settings import Settings
 from db.types import utcnow
 from memory import tombstones
-from memory.identity import normalize_number
+from memory.identity import normalize_number, own_numbers
 from worker.payload import (
     InitiationFailure,
     PostCallTranscription,
@@ -38,10 +38,6 @@ from worker.payload import (
 )
 
 log = structlog.get_logger("voxmem.forgotten")
-
-
-def own_numbers(settings: Settings) -> frozenset[str]:
-    return frozenset(n for n in (normalize_number(raw) for raw in settings.own_number_list) if n)
 
 
 @dataclass(frozen=True)

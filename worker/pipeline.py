@@ -175,9 +175,7 @@ class LeaseKeeper:
         self._lease_secs = lease_secs
         self._stop = threading.Event()
         self.lost = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"lease-{job.id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()

@@ -14,7 +14,6 @@ it. Only a first-time caller needs the write (the guest's id) before answering.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import string
 import time
@@ -43,6 +42,7 @@ from memory.identity import (
     bound_user,
     create_guest,
     normalize_number,
+    own_numbers,
     resolve_or_create_by_number,
     user_for_number,
 )
@@ -129,16 +129,6 @@ def counterpart_number(req: InitRequest, own_numbers: frozenset[str]) -> str | N
     if caller is not None and caller in own_numbers:
         return normalize_number(req.called_number)
     return caller
-
-
-def own_number_set(settings: Settings) -> frozenset[str]:
-    return _normalised_numbers(tuple(settings.own_number_list))
-
-
-@functools.lru_cache(maxsize=8)
-def _normalised_numbers(raw_numbers: tuple[str, ...]) -> frozenset[str]:
-    # Asked on every init and tool call; phonenumbers parsing costs ~50 us a number.
-    return frozenset(n for n in (normalize_number(raw) for raw in raw_numbers) if n is not None)
 
 
 def is_returning(session: Session, user: User, req: InitRequest) -> bool:
@@ -236,7 +226,7 @@ class InitWork:
 
     def run(self, db: Any) -> None:
         req, tenant_id = self.req, self.tenant_id
-        number = counterpart_number(req, own_number_set(self.settings))
+        number = counterpart_number(req, own_numbers(self.settings))
         with db.read() as session:
             user = bound_user(
                 session, tenant_id, conversation_id=req.conversation_id, call_sid=req.call_sid

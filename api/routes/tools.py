@@ -30,7 +30,6 @@ from sqlalchemy.orm import Session
 from api.auth import ToolAuth
 from api.background import get_writer
 from api.deps import StateDep
-from api.routes.init import own_number_set
 from api.search import SearchHit, SearchUnavailable, get_search
 from api.state import AppState
 from db import metrics, tracing
@@ -42,6 +41,7 @@ from memory.context import clip
 from memory.identity import (
     bound_user_id,
     normalize_number,
+    own_numbers,
     user_id_for_external_id,
     user_id_for_number,
     user_id_in_tenant,
@@ -436,7 +436,7 @@ def memory_query(
     try:
         with state.db.read() as session:
             user_id, via = resolve_tool_user(
-                session, identity.tenant_id, body, own_number_set(settings)
+                session, identity.tenant_id, body, own_numbers(settings)
             )
             if user_id is not None:
                 hits = search.search(

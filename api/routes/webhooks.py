@@ -44,7 +44,7 @@ from db import tracing
 from db.metrics import observe_webhook
 from db.models import DEFAULT_TENANT
 from db.tenancy import SLUG_RE
-from memory.identity import normalize_number
+from memory.identity import own_numbers
 from worker.payload import AUDIO, KNOWN_TYPES, Envelope, PayloadError, parse_envelope
 
 log = structlog.get_logger("voxmem.webhook")
@@ -65,9 +65,7 @@ class IntakeRuntime:
         settings = state.settings
         self.secrets = SecretCache(state.db, settings)
         self.writer = IngestWriter(state.db, batch_max=settings.intake_batch_max)
-        self.own_numbers = frozenset(
-            n for n in (normalize_number(raw) for raw in settings.own_number_list) if n
-        )
+        self.own_numbers = own_numbers(settings)
 
     def close(self) -> None:
         self.writer.close()

@@ -25,6 +25,7 @@ from memory.identity import (
     create_guest,
     get_user,
     normalize_number,
+    own_numbers,
     resolve_or_create_by_number,
     user_for_external_id,
 )
@@ -117,18 +118,12 @@ def resolve_customer(
     return create_guest(session, tenant_id), True, "guest"
 
 
-def _own_numbers(ctx: StageContext) -> frozenset[str]:
-    return frozenset(
-        n for n in (normalize_number(raw) for raw in ctx.settings.own_number_list) if n
-    )
-
-
 def resolve_user(ctx: StageContext) -> None:
     if ctx.call is not None:
         ours, external = claimed_user_ids(ctx.data)
         conversation_id = ctx.call.conversation_id
         call_sid = ctx.call.call_sid
-        number = customer_number(ctx.data, _own_numbers(ctx))
+        number = customer_number(ctx.data, own_numbers(ctx.settings))
     elif ctx.failure is not None:
         ours = ctx.failure.dynamic_variables.get("user_id")
         ours = ours if isinstance(ours, str) else None
@@ -267,9 +262,7 @@ def store_conversation(ctx: StageContext) -> None:
     session.flush()
 
 
-def _store_tool_calls(
-    ctx: StageContext, conv: Conversation, user: User, start: datetime
-) -> None:
+def _store_tool_calls(ctx: StageContext, conv: Conversation, user: User, start: datetime) -> None:
     call = ctx.call
     if call is None:
         return

@@ -264,6 +264,11 @@ def assert_lease(session: Session, job: Job, *, now: datetime) -> None:
 
 
 def complete(session: Session, job: Job, *, now: datetime) -> None:
+    _finish(session, job, now)
+
+
+def _finish(session: Session, job: Job, now: datetime, **extra: object) -> None:
+    """Mark the leased job completed (only with its lease token), plus ``extra`` columns."""
     result = session.execute(
         update(WebhookEvent)
         .where(_fenced(job.id, job.lease_token))
@@ -273,6 +278,7 @@ def complete(session: Session, job: Job, *, now: datetime) -> None:
             processed_at=now,
             lease_token=None,
             locked_until=None,
+            **extra,
         )
         .execution_options(synchronize_session=False)
     )
@@ -290,23 +296,15 @@ def complete_dropped(session: Session, job: Job, *, now: datetime, reason: str) 
     call stays in the queue; the row remains as a completed record (``error_class`` says why,
     ``reason`` carries no personal data) and deduplicates further redeliveries of the event.
     """
-    result = session.execute(
-        update(WebhookEvent)
-        .where(_fenced(job.id, job.lease_token))
-        .values(
-            status="completed",
-            processed_at=now,
-            lease_token=None,
-            locked_until=None,
-            payload=None,
-            trace_context=None,
-            error_class=FORGOTTEN,
-            error_message=reason[:MAX_ERROR_CHARS],
-        )
-        .execution_options(synchronize_session=False)
+    _finish(
+        session,
+        job,
+        now,
+        payload=None,
+        trace_context=None,
+        error_class=FORGOTTEN,
+        error_message=reason[:MAX_ERROR_CHARS],
     )
-    if _rowcount(result) != 1:
-        raise LeaseLostError(f"event {job.id}: lease lost before completion")
 
 
 def fail(

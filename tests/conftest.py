@@ -15,8 +15,9 @@ import httpx
 import hypothesis
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from db import crypto
+from db import crypto, tracing
 from db.bootstrap import bootstrap
 from db.engine import Database, open_database
 from db.models import DEFAULT_TENANT
@@ -170,3 +171,14 @@ def live_server(deployment: Deployment) -> Iterator[LiveServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def exporter(deployment: Deployment) -> Iterator[InMemorySpanExporter]:
+    """Spans of this process, collected in memory (tracing on for the test's duration)."""
+    memory = InMemorySpanExporter()
+    assert tracing.init_tracing(deployment.settings, "voxmem-test", exporter=memory)
+    try:
+        yield memory
+    finally:
+        tracing.shutdown_tracing()

@@ -133,16 +133,6 @@ def assert_clean(blob: str | bytes, deployment: Deployment) -> None:
 # --------------------------------------------------------------------------------------------
 # In-process, in-memory exporter
 # --------------------------------------------------------------------------------------------
-@pytest.fixture
-def exporter(deployment: Deployment) -> Iterator[InMemorySpanExporter]:
-    memory = InMemorySpanExporter()
-    assert tracing.init_tracing(deployment.settings, "voxmem-test", exporter=memory)
-    try:
-        yield memory
-    finally:
-        tracing.shutdown_tracing()
-
-
 def test_in_memory_spans_of_api_and_worker_hold_no_secret(
     deployment: Deployment, exporter: InMemorySpanExporter
 ) -> None:

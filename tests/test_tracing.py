@@ -4,9 +4,7 @@ HTTP request through the queue to the worker's pipeline stages."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select
@@ -27,16 +25,6 @@ def test_disabled_tracing_is_a_shared_no_op(deployment: Deployment) -> None:
         assert span is None
     assert tracing.carrier() is None
     assert tracing.extract({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}) is None
-
-
-@pytest.fixture
-def exporter(deployment: Deployment) -> Iterator[InMemorySpanExporter]:
-    memory = InMemorySpanExporter()
-    assert tracing.init_tracing(deployment.settings, "voxmem-test", exporter=memory)
-    try:
-        yield memory
-    finally:
-        tracing.shutdown_tracing()
 
 
 def test_one_trace_from_webhook_arrival_to_pipeline(

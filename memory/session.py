@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from db.expiry import delete_expired
 from db.models import Conversation, SessionInteraction, User
 from db.types import utcnow
 from memory.context import clip, speakable
@@ -258,20 +259,7 @@ def interaction_out(row: SessionInteraction) -> dict[str, Any]:
 
 def sweep_expired(session: Session, *, now: datetime | None = None, batch: int = 1000) -> int:
     """Delete up to ``batch`` expired interactions (index on ``expires_at``)."""
-    now = now or utcnow()
-    ids = list(
-        session.scalars(
-            select(SessionInteraction.id).where(SessionInteraction.expires_at <= now).limit(batch)
-        )
-    )
-    if not ids:
-        return 0
-    session.execute(
-        delete(SessionInteraction)
-        .where(SessionInteraction.id.in_(ids))
-        .execution_options(synchronize_session=False)
-    )
-    return len(ids)
+    return delete_expired(session, SessionInteraction, now=now, batch=batch)
 
 
 def clear_session(session: Session, user_id: str) -> int:

@@ -39,10 +39,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.crypto import keyring
+from db.expiry import delete_expired
 from db.models import ForgetTombstone
 from db.types import utcnow
 
@@ -202,17 +203,4 @@ def find(
 
 def prune(session: Session, *, now: datetime | None = None, batch: int = 1000) -> int:
     """Delete up to ``batch`` expired tombstone rows (index on ``expires_at``)."""
-    now = now or utcnow()
-    ids = list(
-        session.scalars(
-            select(ForgetTombstone.id).where(ForgetTombstone.expires_at <= now).limit(batch)
-        )
-    )
-    if not ids:
-        return 0
-    session.execute(
-        delete(ForgetTombstone)
-        .where(ForgetTombstone.id.in_(ids))
-        .execution_options(synchronize_session=False)
-    )
-    return len(ids)
+    return delete_expired(session, ForgetTombstone, now=now, batch=batch)

@@ -117,6 +117,7 @@ class Database:
     # SQLite: connections with synchronous=NORMAL; None means "use the write engine" (and on
     # PostgreSQL a relaxed transaction turns synchronous_commit off for itself).
     relaxed_sessions: sessionmaker[Session] | None = None
+    relaxed_engine: Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -148,10 +149,8 @@ class Database:
     def dispose(self) -> None:
         self.write_engine.dispose()
         self.read_engine.dispose()
-        if self.relaxed_sessions is not None:
-            bind = self.relaxed_sessions.kw.get("bind")
-            if isinstance(bind, Engine):
-                bind.dispose()
+        if self.relaxed_engine is not None:
+            self.relaxed_engine.dispose()
 
 
 def open_database(settings: Settings) -> Database:
@@ -165,6 +164,7 @@ def open_database(settings: Settings) -> Database:
         write_sessions=sessionmaker(write_engine, expire_on_commit=False),
         read_sessions=sessionmaker(read_engine, expire_on_commit=False),
         relaxed_sessions=sessionmaker(relaxed, expire_on_commit=False) if relaxed else None,
+        relaxed_engine=relaxed,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,8 @@ from memory.call_input import call_from_elevenlabs
 from memory.extractors.local import LocalExtractor, classify, is_chitchat
 from memory.extractors.text import resolve_relative_dates, to_third_person
 from memory.types import CallForExtraction, Turn
+from tests.conftest import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "elevenlabs" / "fixtures"
 START = datetime(2025, 11, 9, 18, 44, 33, tzinfo=UTC)
 
 

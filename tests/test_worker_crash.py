@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from db.models import Conversation, ConversationTurn, ToolInvocation, WebhookEvent
-from tests.conftest import REPO, Deployment, settings_env, voxmem_cmd
+from tests.conftest import FIXTURES, REPO, Deployment, settings_env, voxmem_cmd
 from tests.intake_helpers import (
     fixture_body,
     signed,
@@ -103,7 +103,7 @@ def test_producers_and_workers_lose_nothing_and_double_nothing(
     workers = start_worker(deployment, "--processes", "2", log=tmp_path / "workers.log")
     script = PRODUCER.format(
         repo=str(REPO),
-        fixture=str(REPO.parent / "shared/elevenlabs/fixtures/post_call_transcription.json"),
+        fixture=str(FIXTURES / "post_call_transcription.json"),
         conv=CONV,
     )
     try:

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from api.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a sync dependency in the threadpool, a hop per request for nothing.
     state: AppState = request.app.state.voxmem
     return state
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.settings import Settings
@@ -145,6 +145,14 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self.read_sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """A read connection without an ORM session, for one or two prebuilt statements on a
+        hot path (token checks): a Session's set-up and tear-down cost ~0.15 ms, which was a
+        third of a memory_query's auth."""
+        with self.read_engine.connect() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.write_engine.dispose()

@@ -6,7 +6,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from db.crypto import keyring
@@ -145,7 +145,7 @@ _TOKEN_LOOKUP = (
 )
 
 
-def resolve_token(session: Session, token: str) -> TokenIdentity | None:
+def resolve_token(conn: Connection, token: str) -> TokenIdentity | None:
     """Look a presented bearer token up by its keyed hash.
 
     The hash lookup is an index probe, so there is no byte-by-byte comparison of secrets to
@@ -154,7 +154,7 @@ def resolve_token(session: Session, token: str) -> TokenIdentity | None:
     import hmac
 
     digest = hash_token(token)
-    row = session.connection().execute(_TOKEN_LOOKUP, {"digest": digest}).first()
+    row = conn.execute(_TOKEN_LOOKUP, {"digest": digest}).first()
     if row is None:
         return None
     token_id, tenant_id, scope, stored, slug = row

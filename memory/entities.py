@@ -574,9 +574,10 @@ def related_memories(
     hits ``memory_ids`` (0.6); one hop along relations adds their neighbours at the relation's
     strength × 0.8. A memory's weight is the best weight of an entity it mentions.
     """
-    entities = list(
-        session.execute(select(Entity.id, Entity.name).where(Entity.user_id == user_id))
-    )
+    # Core on the session's connection throughout: this runs inside every memory_query,
+    # and the ORM's statement handling cost more than the queries themselves.
+    conn = session.connection()
+    entities = list(conn.execute(select(Entity.id, Entity.name).where(Entity.user_id == user_id)))
     if not entities:
         return []
     weight: dict[int, float] = {}
@@ -589,14 +590,14 @@ def related_memories(
         ):
             weight[eid] = 1.0
     if memory_ids:
-        for (eid,) in session.execute(
+        for (eid,) in conn.execute(
             select(EntityMention.entity_id).where(EntityMention.memory_id.in_(list(memory_ids)))
         ):
             weight[eid] = max(weight.get(eid, 0.0), 0.6)
     if not weight:
         return []
     seeds = dict(weight)
-    for src, dst, strength in session.execute(
+    for src, dst, strength in conn.execute(
         select(
             EntityRelation.source_entity_id,
             EntityRelation.target_entity_id,
@@ -612,7 +613,7 @@ def related_memories(
                 weight[b] = max(weight.get(b, 0.0), seeds[a] * float(strength) * 0.8)
     skip = set(exclude) | set(memory_ids)
     best: dict[int, float] = {}
-    for eid, mid in session.execute(
+    for eid, mid in conn.execute(
         select(EntityMention.entity_id, EntityMention.memory_id)
         .join(Memory, Memory.id == EntityMention.memory_id)
         .where(

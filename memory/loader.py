@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from sqlalchemy import String, Text, or_, select, type_coerce
+from sqlalchemy import String, Text, bindparam, or_, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from db import crypto
@@ -130,10 +130,14 @@ def cache_key(session: Session, user_id: str) -> tuple[str, str]:
     return (str(session.get_bind().engine.url), user_id)
 
 
+# Asked before every search (is the cached index current?): prebuilt, and run on the
+# session's connection, which skips the ORM's statement handling (~0.15 ms a call).
+_USER_VERSION = select(User.memory_version).where(User.user_id == bindparam("user_id"))
+
+
 def user_version(session: Session, user_id: str) -> int | None:
-    return session.execute(
-        select(User.memory_version).where(User.user_id == user_id)
-    ).scalar_one_or_none()
+    value = session.connection().execute(_USER_VERSION, {"user_id": user_id}).scalar()
+    return int(value) if value is not None else None
 
 
 # The columns an index row needs, read raw: the text as its Fernet token (decrypted here, in

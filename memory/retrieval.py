@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -237,18 +238,20 @@ class MemoryRetriever:
     ) -> RelatedLookup | None:
         if not self.entity_expand:
             return None
+        postgres = is_postgres(session)
 
         def lookup(hit_ids: list[int]) -> Offers:
             if not hit_ids:
                 return {}
             started = time.perf_counter()
             try:
-                # A savepoint: on PostgreSQL a failed statement aborts the whole transaction,
-                # and the query (and the request's later reads) must survive the failure.
+                # A savepoint on PostgreSQL: a failed statement aborts the whole transaction
+                # there, and the query (and the request's later reads) must survive the
+                # failure. SQLite keeps the transaction usable, and a savepoint costs ~0.2 ms.
                 with (
                     time_query_stage("entity_hop"),
                     tracing.span("memory_query.entity_hop"),
-                    session.begin_nested(),
+                    session.begin_nested() if postgres else nullcontext(),
                 ):
                     return entity_offers(session, user_id, query, hit_ids, limit)
             except Exception as exc:  # noqa: BLE001 - the entity hop is an enrichment
@@ -282,7 +285,7 @@ def entity_offers(
     if not found:
         return {}
     entities_of: dict[int, set[int]] = {}
-    for eid, mid in session.execute(
+    for eid, mid in session.connection().execute(
         select(EntityMention.entity_id, EntityMention.memory_id).where(
             EntityMention.memory_id.in_([*hit_ids, *(mid for mid, _ in found)])
         )

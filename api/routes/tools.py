@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slowapi import Limiter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import ToolAuth
 from api.background import get_writer
@@ -33,7 +34,7 @@ from api.deps import StateDep
 from api.search import SearchHit, SearchUnavailable, get_search
 from api.state import AppState
 from db import metrics, tracing
-from db.models import Conversation, ToolInvocation, User
+from db.models import Conversation, ToolInvocation
 from db.settings import Settings
 from db.tenancy import TokenIdentity
 from memory import tombstones
@@ -167,7 +168,14 @@ def _limiter(state: AppState) -> tuple[Limiter, RateLimitItem]:
     return entry
 
 
-def tool_rate_limited(identity: ToolAuth, state: StateDep) -> TokenIdentity:
+async def tool_rate_limited(identity: ToolAuth, state: StateDep) -> TokenIdentity:
+    if state.settings.rate_limit_storage_uri.startswith("memory://"):
+        # In-process counters: a dictionary update, cheaper than a thread hop.
+        return _check_rate(identity, state)
+    return await run_in_threadpool(_check_rate, identity, state)
+
+
+def _check_rate(identity: TokenIdentity, state: AppState) -> TokenIdentity:
     limiter, item = _limiter(state)
     key = str(identity.token_id)
     if not limiter.limiter.hit(item, TOOL_NAME, key):
@@ -347,7 +355,7 @@ def log_invocation(
     def job(session: Session) -> None:
         # The user may have been forgotten between the answer and this write: the row would
         # carry their query and the memories we answered with, after the forget. Drop it.
-        if user_id and session.get(User, user_id) is None:
+        if user_id and user_id_in_tenant(session, tenant_id, user_id) is None:
             metrics.observe_forgotten_drop("tool_log", "user_gone")
             return
         if conversation_id:
@@ -419,10 +427,20 @@ def log_invocation(
         429: {"description": "rate limited (per token); see Retry-After"},
     },
 )
-def memory_query(
+async def memory_query(
     body: MemoryQueryRequest, identity: RateLimitedTool, state: StateDep
 ) -> JSONResponse:
+    # Async with one explicit hop: the dependencies run on the loop (api/auth.py), the query
+    # embedding starts at once on the embedder's pool, and the user resolution and search
+    # (blocking reads, numpy) take a single threadpool hop instead of one per dependency.
     started = time.perf_counter()
+    get_search(state).prefetch(body.query)
+    return await run_in_threadpool(_answer, body, identity, state, started)
+
+
+def _answer(
+    body: MemoryQueryRequest, identity: TokenIdentity, state: AppState, started: float
+) -> JSONResponse:
     settings = state.settings
     user_id: str | None = None
     via = "none"
@@ -430,9 +448,6 @@ def memory_query(
     hits: list[SearchHit] = []
     summary = EMPTY_SUMMARY
     search = get_search(state)
-    # The caller is authenticated: start embedding the query now, so it runs while the user
-    # is resolved and the cached index validated (api/search.py, memory/embedders).
-    search.prefetch(body.query)
     try:
         with state.db.read() as session:
             user_id, via = resolve_tool_user(

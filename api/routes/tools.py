@@ -16,7 +16,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException
@@ -24,12 +24,12 @@ from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slowapi import Limiter
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import ToolAuth
-from api.background import get_writer
+from api.background import Insert, get_writer
 from api.deps import StateDep
 from api.search import SearchHit, SearchUnavailable, get_search
 from api.state import AppState
@@ -37,6 +37,7 @@ from db import metrics, tracing
 from db.models import Conversation, ToolInvocation
 from db.settings import Settings
 from db.tenancy import TokenIdentity
+from db.types import utcnow
 from memory import tombstones
 from memory.context import clip
 from memory.identity import (
@@ -332,6 +333,8 @@ def build_response(
     return body
 
 
+TOOL_INVOCATIONS = cast(Table, ToolInvocation.__table__)
+
 # Logged in place of a user_id or caller_id in the request that is not the answered user's.
 NOT_THIS_USER = "<not the answered user>"
 
@@ -352,12 +355,12 @@ def log_invocation(
     params = body.model_dump_json(exclude_none=True)
     data = json.dumps(response, separators=(",", ":"))
 
-    def job(session: Session) -> None:
+    def job(session: Session) -> Insert | None:
         # The user may have been forgotten between the answer and this write: the row would
         # carry their query and the memories we answered with, after the forget. Drop it.
         if user_id and user_id_in_tenant(session, tenant_id, user_id) is None:
             metrics.observe_forgotten_drop("tool_log", "user_gone")
-            return
+            return None
         if conversation_id:
             found = tombstones.find(
                 session,
@@ -367,7 +370,7 @@ def log_invocation(
             )
             if found is not None:
                 metrics.observe_forgotten_drop("tool_log", found.kind)
-                return
+                return None
         # The row belongs to the answered user (a forget deletes it with them), so it names
         # nobody else: a user_id or caller_id in the body that is not theirs (a spoofing LLM, a
         # late tool call of a forgotten user's call, another tenant's id) is replaced by a
@@ -386,26 +389,28 @@ def log_invocation(
             stored_params = body.model_copy(update=foreign).model_dump_json(exclude_none=True)
         conversation_fk = None
         if conversation_id:
-            conversation_fk = session.scalar(
+            conversation_fk = session.connection().scalar(
                 select(Conversation.id).where(
                     Conversation.tenant_id == tenant_id,
                     Conversation.conversation_id == conversation_id,
                 )
             )
-        session.add(
-            ToolInvocation(
-                tenant_id=tenant_id,
-                user_id=user_id or None,
-                conversation_id=conversation_id,
-                conversation_fk=conversation_fk,
-                origin="live",
-                tool_name=TOOL_NAME,
-                request_params=stored_params,
-                response_data=data,
-                latency_ms=latency_ms,
-                success=error is None,
-                error_message=error,
-            )
+        return Insert(
+            TOOL_INVOCATIONS,
+            {
+                "tenant_id": tenant_id,
+                "user_id": user_id or None,
+                "conversation_id": conversation_id,
+                "conversation_fk": conversation_fk,
+                "origin": "live",
+                "tool_name": TOOL_NAME,
+                "request_params": stored_params,
+                "response_data": data,
+                "latency_ms": latency_ms,
+                "success": error is None,
+                "error_message": error,
+                "timestamp": utcnow(),
+            },
         )
 
     writer.submit(job)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -304,6 +305,12 @@ def load(
     log: bool = True,
 ) -> dict[str, Any]:
     """Bring the database under ``root`` up to ``total`` memories; returns the manifest."""
+    previous = root / "data" / "manifest.json"
+    if previous.exists():
+        model = json.loads(previous.read_text()).get("model")
+        if model and model != get_embedder(settings_for(root / "data")).name:
+            # Vectors of another model are never searched (nor mixed): start over.
+            shutil.rmtree(root)
     data_dir = ensure_deployment(root)
     manifest_path = data_dir / "manifest.json"
     manifest: dict[str, Any] = (

@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     # place) as the query or a hit, through the entity graph (issue 7 §5).
     memory_entity_expand: bool = True
     embedder_threads: int = 1
+    # Where the local embedder keeps the model it derives once from the shipped weights
+    # (memory/embedders/quantized.py, ~60 MB); default <data_dir>/models.
+    model_cache_dir: Path | None = None
 
     # --- operations: metrics, backups, key rotation (issue 6) --------------------------------
     # prometheus-client multiprocess directory shared by API and workers (PROMETHEUS_MULTIPROC_DIR
@@ -220,6 +223,10 @@ class Settings(BaseSettings):
     @property
     def own_number_list(self) -> list[str]:
         return split_csv(self.own_numbers)
+
+    @property
+    def model_cache_path(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def is_sqlite(self) -> bool:

@@ -30,6 +30,11 @@ SHARED = REPO.parent / "shared"
 # tests/test_fixture_copies.py keeps them byte-identical to ../shared when it is present.
 FIXTURES = REPO / "tests" / "fixtures" / "elevenlabs"
 
+# The local embedder derives its model once (memory/embedders/quantized.py, ~2 s); every test
+# deployment and subprocess shares this copy instead of deriving into each data dir.
+MODEL_CACHE = REPO / ".cache" / "models"
+os.environ["VOXMEM_MODEL_CACHE_DIR"] = str(MODEL_CACHE)
+
 # The embedded PostgreSQL server and the sqlite/postgres parametrised fixtures (tests/pg.py).
 pytest_plugins = ["tests.pg"]
 
@@ -52,6 +57,7 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "log_level": "WARNING",
         "worker_heartbeat_secs": 1.0,
         "queue_poll_max_secs": 0.2,
+        "model_cache_dir": MODEL_CACHE,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -69,6 +75,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         VOXMEM_WORKER_HEARTBEAT_SECS=str(settings.worker_heartbeat_secs),
         VOXMEM_QUEUE_POLL_MAX_SECS=str(settings.queue_poll_max_secs),
         VOXMEM_QUEUE_LEASE_SECS=str(settings.queue_lease_secs),
+        VOXMEM_MODEL_CACHE_DIR=str(settings.model_cache_path),
         PYTHONUNBUFFERED="1",
     )
     return env

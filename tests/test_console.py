@@ -30,7 +30,10 @@ CALL_1 = [
 ]
 CALL_2 = [
     ("agent", "Welcome back Maria, how is the sync?"),
-    ("user", "The Salesforce sync to your app stopped working again yesterday."),
+    (
+        "user",
+        "The company uses Salesforce and the sync to your app stopped working again yesterday.",
+    ),
     ("user", "We have 40 people on the sales team, so it matters."),
 ]
 WRONG = "dog is called Biscuit"  # the memory the operator archives

@@ -13,6 +13,7 @@ from db.models import Conversation, ConversationMemory, Memory, MemoryEmbedding,
 from db.tenancy import require_tenant
 from memory.call_input import call_from_elevenlabs
 from memory.embedders import LocalEmbedder
+from memory.embedders.local import MODEL_NAME
 from memory.extractors.local import LocalExtractor
 from memory.identity import create_guest
 from memory.retrieval import MemoryRetriever
@@ -112,7 +113,7 @@ def test_insert_then_duplicate_reinforces(deployment: Deployment) -> None:
         ]
         emb = s.execute(select(MemoryEmbedding)).scalar_one()
         assert (emb.embedding_model, emb.dimension, len(emb.embedding)) == (
-            "all-MiniLM-L6-v2-int8",
+            MODEL_NAME,
             384,
             1536,
         )

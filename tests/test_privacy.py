@@ -35,6 +35,7 @@ from db.models import (
 )
 from db.tenancy import require_tenant
 from memory import privacy
+from memory.embedders.local import MODEL_NAME
 from memory.loader import get_index
 from tests.agent_helpers import add_memories, add_user, bind
 from tests.conftest import REPO, Deployment, settings_env, voxmem_cmd
@@ -183,7 +184,7 @@ def test_forget_erases_everything_of_the_user_only(
     before = totals(deployment.db)
     # Warm the engine's in-process index: it holds decrypted text and must be dropped too.
     with deployment.db.read() as session:
-        get_index(session, alice, "all-MiniLM-L6-v2-int8")
+        get_index(session, alice, MODEL_NAME)
     with deployment.db.write() as session:
         tenant = require_tenant(session, DEFAULT_TENANT)
         report = privacy.forget_user(session, tenant.id, alice)
@@ -209,9 +210,7 @@ def test_forget_erases_everything_of_the_user_only(
     from memory import loader
 
     with deployment.db.read() as session:
-        assert (
-            loader.CACHE.get(loader.cache_key(session, alice), 1, "all-MiniLM-L6-v2-int8") is None
-        )
+        assert loader.CACHE.get(loader.cache_key(session, alice), 1, MODEL_NAME) is None
 
 
 def test_forget_inside_tenant_only(deployment: Deployment, two_users: tuple[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""Embedders: ``local`` (MiniLM int8 ONNX, offline, default) and ``openai``."""
+"""Embedders: ``local`` (MiniLM on ONNX Runtime, offline, default) and ``openai``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ __all__ = [
 def build_embedder(settings: Settings) -> Embedder:
     """The embedder the settings ask for. Never falls back to another model silently."""
     if settings.embedder == "local":
-        return LocalEmbedder()
+        return LocalEmbedder(settings.embedder_threads, cache_dir=settings.model_cache_path)
     if settings.embedder == "openai":
         return OpenAIEmbedder(
             settings.embedding_model,

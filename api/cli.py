@@ -18,10 +18,10 @@ from typing import Annotated
 
 import typer
 
-from api.commands import backup, keys, migrate_data, tenants, tokens, users
+from api.commands import backup, keys, migrate_data, reembed, tenants, tokens, users
 from api.commands import queue as queue_commands
 from api.commands.demo import demo as demo_command
-from db.settings import get_settings
+from db.settings import Settings, get_settings
 
 app = typer.Typer(
     name="voxmem",
@@ -38,6 +38,7 @@ app.command("demo")(demo_command)  # issue 7: seed 004's three-call story agains
 app.add_typer(keys.app, name="keys")
 app.add_typer(users.app, name="users")
 app.command("migrate-data")(migrate_data.migrate_data)
+app.command("reembed")(reembed.reembed)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -60,6 +61,28 @@ def migrate() -> None:
     if result.credentials_file is not None:
         typer.echo(f"first-run webhook secret and tokens written to {result.credentials_file}")
     typer.echo("schema at head")
+    _hint_reembed(settings)
+
+
+def _hint_reembed(settings: Settings) -> None:
+    """After an upgrade that changed the embedding model, memories without a vector of the new
+    model are invisible to retrieval until `voxmem reembed` runs: say so at deploy time."""
+    from db.engine import open_database
+    from memory.embedders import get_embedder
+    from memory.store import users_missing_embeddings
+
+    db = open_database(settings)
+    try:
+        with db.read() as session:
+            users = users_missing_embeddings(session, get_embedder(settings).name)
+    finally:
+        db.dispose()
+    if users:
+        typer.echo(
+            f"note: {len(users)} users have memories without a {get_embedder(settings).name} "
+            "vector (an embedding model change); they are not retrievable until "
+            "`voxmem reembed` has run"
+        )
 
 
 @app.command()

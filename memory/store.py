@@ -333,6 +333,24 @@ def reinforce_co_retrieved(session: Session, user_id: str, memory_ids: Sequence[
     return len(updates)
 
 
+def users_missing_embeddings(session: Session, model: str) -> list[str]:
+    """Users with at least one memory that has no embedding of ``model``: after a model
+    change these are invisible to retrieval until ``voxmem reembed`` has run."""
+    has_vector = (
+        select(MemoryEmbedding.id)
+        .where(MemoryEmbedding.memory_id == Memory.id, MemoryEmbedding.embedding_model == model)
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(Memory.user_id)
+            .where(~has_vector)
+            .group_by(Memory.user_id)
+            .order_by(Memory.user_id)
+        )
+    )
+
+
 def reembed_user(session: Session, user_id: str, embedder: Embedder, batch: int = 256) -> int:
     """(Re)compute this user's embeddings with ``embedder`` (``voxmem reembed``)."""
     memories = list(

@@ -71,15 +71,16 @@ def _hint_reembed(settings: Settings) -> None:
     from memory.embedders import get_embedder
     from memory.store import users_missing_embeddings
 
+    model = get_embedder(settings).name
     db = open_database(settings)
     try:
         with db.read() as session:
-            users = users_missing_embeddings(session, get_embedder(settings).name)
+            users = users_missing_embeddings(session, model)
     finally:
         db.dispose()
     if users:
         typer.echo(
-            f"note: {len(users)} users have memories without a {get_embedder(settings).name} "
+            f"note: {len(users)} users have memories without a {model} "
             "vector (an embedding model change); they are not retrievable until "
             "`voxmem reembed` has run"
         )

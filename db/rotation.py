@@ -149,7 +149,9 @@ def rotate_all(
                 report.complete = False
                 return report
             batches += 1
-            after = _rotate_batch(db, view, keyring, col_report, after=after, batch_size=batch_size)
+            after = _rotate_batch(
+                db, view, keyring, col_report, after=after, batch_size=batch_size
+            )
             if progress is not None:
                 progress(col_report)
             if after is None:
@@ -164,7 +166,9 @@ def count_not_primary(db: Database, keyring: Keyring) -> dict[str, int]:
         view = _raw_view(target)
         with db.read() as session:
             values = session.execute(
-                select(view.value).where(view.value.is_not(None)).execution_options(yield_per=1000)
+                select(view.value)
+                .where(view.value.is_not(None))
+                .execution_options(yield_per=1000)
             ).scalars()
             out[target.name] = sum(1 for v in values if not keyring.is_primary(v))
     return out

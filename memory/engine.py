@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from memory import loader
 from memory.consolidation import Thresholds
-from memory.embedders import Embedder, LocalEmbedder, get_embedder
+from memory.embedders import Embedder, get_embedder
 from memory.extractors import Extractor, build_extractor
 from memory.loader import CACHE
 from memory.retrieval import MemoryRetriever
@@ -41,8 +41,6 @@ def thresholds_from(settings: Settings) -> Thresholds:
 
 def embedder_for(settings: Settings) -> Embedder:
     embedder = get_embedder(settings)
-    if isinstance(embedder, LocalEmbedder):
-        embedder._threads = settings.embedder_threads
     CACHE.resize(settings.memory_index_cache_users)
     configure_index(settings)
     return embedder

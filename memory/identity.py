@@ -90,24 +90,23 @@ _NUMBER_OWNER = select(CallerNumber.user_id).where(
     CallerNumber.tenant_id == bindparam("tenant_id"),
     CallerNumber.number_hash == bindparam("number_hash"),
 )
-_BOUND_BY_CONVERSATION = (
-    select(ConversationBinding.user_id)
-    .where(
-        ConversationBinding.tenant_id == bindparam("tenant_id"),
-        ConversationBinding.conversation_id == bindparam("value"),
+
+
+def _latest_binding(column: Any) -> Select[Any]:
+    """The user of the newest binding whose ``column`` equals ``:value`` in ``:tenant_id``."""
+    return (
+        select(ConversationBinding.user_id)
+        .where(
+            ConversationBinding.tenant_id == bindparam("tenant_id"),
+            column == bindparam("value"),
+        )
+        .order_by(ConversationBinding.id.desc())
+        .limit(1)
     )
-    .order_by(ConversationBinding.id.desc())
-    .limit(1)
-)
-_BOUND_BY_CALL_SID = (
-    select(ConversationBinding.user_id)
-    .where(
-        ConversationBinding.tenant_id == bindparam("tenant_id"),
-        ConversationBinding.call_sid == bindparam("value"),
-    )
-    .order_by(ConversationBinding.id.desc())
-    .limit(1)
-)
+
+
+_BOUND_BY_CONVERSATION = _latest_binding(ConversationBinding.conversation_id)
+_BOUND_BY_CALL_SID = _latest_binding(ConversationBinding.call_sid)
 _USER_IN_TENANT = select(User.user_id).where(
     User.user_id == bindparam("user_id"), User.tenant_id == bindparam("tenant_id")
 )

@@ -40,12 +40,12 @@ def bootstrap(settings: Settings, *, issue_tokens: bool = True) -> BootstrapResu
     lines: list[str] = []
     try:
         with db.write() as session:
-            tenant, generated_secret = ensure_default_tenant(session)
+            tenant, generated_secret = ensure_default_tenant(session, settings.webhook_secret_list)
             known = set(active_webhook_secrets(session, tenant.id))
             for secret in settings.webhook_secret_list:
                 if secret not in known:
                     add_webhook_secret(session, tenant, secret)
-            if generated_secret and not settings.webhook_secret_list:
+            if generated_secret:
                 lines.append(f"webhook_secret (ElevenLabs post-call HMAC) = {generated_secret}")
             has_tokens = session.scalar(
                 select(func.count()).select_from(ApiToken).where(ApiToken.tenant_id == tenant.id)

@@ -72,10 +72,20 @@ def create_tenant(session: Session, slug: str, *, secret: str | None = None) -> 
     return tenant, secret
 
 
-def ensure_default_tenant(session: Session) -> tuple[Tenant, str | None]:
-    """The default tenant exists after migrate; returns a secret only when one was generated."""
+def ensure_default_tenant(
+    session: Session, configured: list[str] | None = None
+) -> tuple[Tenant, str | None]:
+    """The default tenant exists after migrate; returns a secret only when one was generated.
+
+    With configured secrets (VOXMEM_WEBHOOK_SECRETS) the tenant is created with the first of
+    them: generating one as well would leave an active secret nobody was ever shown, which
+    every webhook would also be verified against.
+    """
     tenant = get_tenant(session, DEFAULT_TENANT)
     if tenant is not None:
+        return tenant, None
+    if configured:
+        tenant, _ = create_tenant(session, DEFAULT_TENANT, secret=configured[0])
         return tenant, None
     return create_tenant(session, DEFAULT_TENANT)
 

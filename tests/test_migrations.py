@@ -154,3 +154,30 @@ def test_configured_keys_mean_no_key_file(tmp_path: object) -> None:
     s = make_settings(Path(str(tmp_path)) / "d", encryption_keys=Fernet.generate_key().decode())
     bootstrap(s)
     assert not s.key_file.exists()
+
+
+def test_configured_webhook_secrets_are_the_only_active_ones(tmp_path: object) -> None:
+    """With VOXMEM_WEBHOOK_SECRETS set, the default tenant gets exactly those secrets: no
+    generated spare that nobody was shown (and that every webhook would be checked against)."""
+    from pathlib import Path
+
+    from db import crypto
+    from db.engine import open_database
+    from db.tenancy import DEFAULT_TENANT, active_webhook_secrets, require_tenant
+    from tests.conftest import make_settings
+
+    configured = "wsec_configured_one_0123456789,wsec_configured_two_0123456789"
+    s = make_settings(Path(str(tmp_path)) / "d", webhook_secrets=configured)
+    result = bootstrap(s)
+    bootstrap(s)  # a second migrate adds nothing
+    crypto.configure(crypto.load_keyring(s))
+    db = open_database(s)
+    try:
+        with db.read() as session:
+            tenant = require_tenant(session, DEFAULT_TENANT)
+            active = active_webhook_secrets(session, tenant.id)
+    finally:
+        db.dispose()
+    assert sorted(active) == sorted(configured.split(","))
+    text = result.credentials_file.read_text() if result.credentials_file else ""
+    assert "webhook_secret" not in text  # nothing generated, so nothing to show

@@ -101,7 +101,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Long-term memory gateway for ElevenLabs voice agents.",
         lifespan=lifespan,
+        # Our own middleware traces and measures every request (api/middleware.py, db/metrics);
+        # FastAPI's native telemetry would add a second server span per request once an OTel
+        # SDK is configured, and checks whether it is on for every request either way.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # Innermost of ours: runs after the request context is set, ahead of FastAPI's routing.
+    app.add_middleware(webhooks.PostCallDispatch)
     # Added first, so it runs inside the request-context middleware (its 408s get a request id,
     # an access-log line and metrics like any other answer).
     app.add_middleware(

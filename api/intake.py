@@ -217,7 +217,7 @@ class IngestWriter:
         self._thread = threading.Thread(target=self._run, name="voxmem-ingest", daemon=True)
         self._stopped = False
         self._insert_stmt = _build_insert(db.dialect)
-        self._raw = _RawInsert(self._insert_stmt, db) if db.dialect == "sqlite" else None
+        self._sqlite = _SqliteBatchInsert(db) if db.dialect == "sqlite" else None
         self._thread.start()
 
     async def insert(self, item: PendingEvent, *, deadline_secs: float) -> InsertResult:
@@ -291,7 +291,7 @@ class IngestWriter:
         outcomes: list[Outcome]
         try:
             with self._db.write_engine.begin() as conn:
-                outcomes = [self._insert_one(conn, waiting.item) for waiting in live]
+                outcomes = self._insert_many(conn, [waiting.item for waiting in live])
         except Exception as exc:  # noqa: BLE001 - isolate the bad row, then report per event
             if len(live) == 1:
                 outcomes = [exc]
@@ -311,33 +311,40 @@ class IngestWriter:
     def _write_alone(self, item: PendingEvent) -> Outcome:
         try:
             with self._db.write_engine.begin() as conn:
-                return self._insert_one(conn, item)
+                return self._insert_many(conn, [item])[0]
         except Exception as exc:  # noqa: BLE001 - reported to that event's request alone
             return exc
 
-    def _insert_one(self, conn: Connection, item: PendingEvent) -> InsertResult:
+    def _insert_many(self, conn: Connection, items: list[PendingEvent]) -> list[Outcome]:
         now: datetime = utcnow()
-        params: dict[str, Any] = {
-            "tenant_id": item.tenant_id,
-            "event_id": item.event_id,
-            "event_type": item.event_type,
-            "payload": item.payload,
-            "conversation_id": item.conversation_id,
-            # Used unless a conversation-init binding names the user (resolved in SQL).
-            "ordering_hint": item.hint.user_key or item.hint.fallback_key,
-            "status": "pending",
-            "retry_count": 0,
-            "max_attempts": item.max_attempts,
-            "run_after": now,
-            "created_at": now,
-            "signature_timestamp": item.signature_timestamp,
-            "payload_bytes": item.payload_bytes,
-            "trace_context": dict(item.trace_context) if item.trace_context else None,
-        }
-        if self._raw is not None:
-            return InsertResult(event_row_id=self._raw.execute(conn, params))
-        row_id = conn.execute(self._insert_stmt, params).scalar()
-        return InsertResult(event_row_id=row_id)
+        rows = [_row(item, now) for item in items]
+        if self._sqlite is not None:
+            return [
+                InsertResult(event_row_id=row_id) for row_id in self._sqlite.execute(conn, rows)
+            ]
+        return [
+            InsertResult(event_row_id=conn.execute(self._insert_stmt, row).scalar()) for row in rows
+        ]
+
+
+def _row(item: PendingEvent, now: datetime) -> dict[str, Any]:
+    return {
+        "tenant_id": item.tenant_id,
+        "event_id": item.event_id,
+        "event_type": item.event_type,
+        "payload": item.payload,
+        "conversation_id": item.conversation_id,
+        # Used unless a conversation-init binding names the user (resolved in SQL).
+        "ordering_hint": item.hint.user_key or item.hint.fallback_key,
+        "status": "pending",
+        "retry_count": 0,
+        "max_attempts": item.max_attempts,
+        "run_after": now,
+        "created_at": now,
+        "signature_timestamp": item.signature_timestamp,
+        "payload_bytes": item.payload_bytes,
+        "trace_context": dict(item.trace_context) if item.trace_context else None,
+    }
 
 
 def _expire(futures: list[asyncio.Future[InsertResult]]) -> None:
@@ -356,49 +363,123 @@ def _settle(settled: list[tuple[_Waiting, Outcome]]) -> None:
             waiting.future.set_result(outcome)
 
 
-class _RawInsert:
-    """The compiled intake INSERT executed on the DBAPI cursor (SQLite only).
+class _SqliteBatchInsert:
+    """A whole batch in two statements on the DBAPI connection (SQLite only).
 
-    SQLAlchemy's per-execute machinery cost more CPU than the insert itself on the hottest
-    path. Each parameter still goes through its column type's own bind processor (so the
-    payload is encrypted by EncryptedText and datetimes are stored exactly as the ORM stores
-    them); only the execution-context setup is skipped. The transaction (BEGIN IMMEDIATE) is
-    still SQLAlchemy's.
+    Why not one INSERT … RETURNING per event: Python's sqlite3 releases the GIL around every
+    ``sqlite3_step`` and must take it back afterwards, and under load the event loop holds it.
+    Two steps per event (insert, then the RETURNING row) meant two GIL hand-overs per webhook
+    between this thread and the loop, which cost the loop more CPU than its own work on the
+    request (bench/notes.md). Here a batch costs four steps whatever its size: BEGIN IMMEDIATE,
+    one SELECT that finds already-stored events (normally none), one multi-row INSERT of the
+    rest, COMMIT.
+
+    Row ids come from ``lastrowid``: the rows of one INSERT statement get consecutive rowids
+    (the write lock is held and no row of the statement conflicts, which the pre-check under
+    that lock guarantees and ``rowcount`` confirms; anything else raises, and the writer
+    retries event by event). The SQL is written out rather than compiled from
+    ``_build_insert`` because SQLAlchemy's multi-VALUES form cannot repeat the per-row
+    subquery's parameters; each value still goes through its column type's bind processor, so
+    the payload is encrypted by EncryptedText and datetimes are stored as the ORM stores them.
     """
 
-    def __init__(self, stmt: Any, db: Database) -> None:
-        dialect = db.write_engine.dialect
-        compiled = stmt.compile(dialect=dialect)
-        self._sql = str(compiled)
-        names = compiled.positiontup
-        if names is None:
-            raise RuntimeError("expected a positional paramstyle for SQLite")
-        self._names: list[str] = list(names)
-        # Literal parameters of the statement itself ('user:' prefix, LIMIT 1, ...).
-        self._constants: dict[str, Any] = {
-            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
-        }
-        self._processors: dict[str, Any] = {
-            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
-            for name, bind in compiled.binds.items()
-        }
+    _ROW = (
+        "(?, ?, ?, ?, ?, coalesce((SELECT 'user:' || b.user_id FROM conversation_bindings AS b"
+        " WHERE b.tenant_id = ? AND b.conversation_id = ? ORDER BY b.id DESC LIMIT 1), ?),"
+        " ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    _INSERT = (
+        "INSERT INTO webhook_events (tenant_id, event_id, event_type, payload, conversation_id,"
+        " ordering_key, status, retry_count, max_attempts, run_after, created_at,"
+        " signature_timestamp, payload_bytes, trace_context) VALUES "
+    )
+    _SELECT = (
+        "SELECT w.tenant_id, w.event_id FROM (VALUES {}) AS v"
+        " CROSS JOIN webhook_events AS w ON w.tenant_id = v.column1 AND w.event_id = v.column2"
+    )
+    # Far below SQLite's 32,766 variables even at 16 per row.
+    CHUNK = 500
 
-    def execute(self, conn: Connection, params: dict[str, Any]) -> int | None:
-        values = []
-        for name in self._names:
-            value = params[name] if name in params else self._constants[name]
-            processor = self._processors.get(name)
+    def __init__(self, db: Database) -> None:
+        dialect = db.write_engine.dialect
+        table = cast(Table, WebhookEvent.__table__)
+        self._process: dict[str, Any] = {
+            name: table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in _INSERT_COLUMNS
+        }
+        self._sql: dict[tuple[str, int], str] = {}
+
+    def _statement(self, kind: str, n: int) -> str:
+        sql = self._sql.get((kind, n))
+        if sql is None:
+            if kind == "select":
+                sql = self._SELECT.format(", ".join(["(?, ?)"] * n))
+            else:
+                sql = (
+                    self._INSERT
+                    + ", ".join([self._ROW] * n)
+                    + " ON CONFLICT (tenant_id, event_id) DO NOTHING"
+                )
+            self._sql[(kind, n)] = sql
+        return sql
+
+    def _values(self, row: dict[str, Any]) -> list[Any]:
+        def bound(name: str) -> Any:
+            value = row[name]
+            processor = self._process[name]
             # None is SQL NULL (not JSON 'null'), as the ORM stores it.
-            if processor is not None and value is not None:
-                value = processor(value)
-            values.append(value)
+            return processor(value) if processor is not None and value is not None else value
+
+        return [
+            bound("tenant_id"),
+            bound("event_id"),
+            bound("event_type"),
+            bound("payload"),
+            bound("conversation_id"),
+            bound("tenant_id"),
+            bound("conversation_id"),
+            row["ordering_hint"],
+            bound("status"),
+            bound("retry_count"),
+            bound("max_attempts"),
+            bound("run_after"),
+            bound("created_at"),
+            bound("signature_timestamp"),
+            bound("payload_bytes"),
+            bound("trace_context"),
+        ]
+
+    def execute(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int | None]:
+        """Row id per event, None for one already stored (or earlier in the same batch)."""
+        ids: list[int | None] = []
+        for start in range(0, len(rows), self.CHUNK):
+            ids.extend(self._execute(conn, rows[start : start + self.CHUNK]))
+        return ids
+
+    def _execute(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int | None]:
         raw = conn.connection.driver_connection
-        cursor = raw.execute(self._sql, values)  # type: ignore[union-attr]
+        keys = [(row["tenant_id"], row["event_id"]) for row in rows]
+        flat_keys = [part for key in keys for part in key]
+        seen = set(raw.execute(self._statement("select", len(keys)), flat_keys).fetchall())  # type: ignore[union-attr]
+        fresh: list[int] = []
+        for index, key in enumerate(keys):
+            if key not in seen:
+                seen.add(key)
+                fresh.append(index)
+        ids: list[int | None] = [None] * len(rows)
+        if not fresh:
+            return ids
+        values = [value for index in fresh for value in self._values(rows[index])]
+        cursor = raw.execute(self._statement("insert", len(fresh)), values)  # type: ignore[union-attr]
         try:
-            row = cursor.fetchone()
+            inserted, last = cursor.rowcount, cursor.lastrowid
         finally:
             cursor.close()
-        return int(row[0]) if row is not None else None
+        if inserted != len(fresh) or last is None:
+            raise RuntimeError(f"intake batch inserted {inserted} of {len(fresh)} rows")
+        for offset, index in enumerate(fresh):
+            ids[index] = last - len(fresh) + 1 + offset
+        return ids
 
 
 def _build_insert(dialect: str) -> Any:

@@ -197,6 +197,31 @@ def test_default_tenant_alias(client: TestClient, deployment: Deployment) -> Non
     assert r.json() == {"status": "accepted"}
 
 
+def test_dispatch_ahead_of_the_router_keeps_routes_labels_and_methods(
+    client: TestClient, deployment: Deployment
+) -> None:
+    """The post-call paths are served ahead of FastAPI's router (api/routes/webhooks.py
+    PostCallDispatch): they must still be labelled by route template, carry a request id and
+    Server-Timing, leave other methods and near-miss paths to the router, and stay in the
+    OpenAPI schema."""
+    with deployment.db.write() as session:
+        _, acme_secret = create_tenant(session, "acme")
+    body = fixture_body()
+    r = client.post(f"/t/acme{PATH}", content=body, headers=signed(acme_secret, body))
+    assert r.json() == {"status": "accepted"}
+    assert r.headers["x-request-id"] and r.headers["server-timing"].startswith("app;dur=")
+    assert client.get(PATH).status_code == 405
+    assert client.get(f"/t/acme{PATH}").status_code == 405
+    for near_miss in (f"/t/acme/x{PATH}", f"{PATH}/extra", f"/t/{PATH}"):
+        assert client.post(near_miss, content=body).status_code in (404, 405, 307)
+    metrics_text = client.get("/metrics").text
+    for route in (PATH, f"/t/{{tenant}}{PATH}"):
+        assert f'route="{route}"' in metrics_text, route
+    schema = client.get("/openapi.json").json()
+    assert PATH in schema["paths"] and f"/t/{{tenant}}{PATH}" in schema["paths"]
+    assert count(deployment) == 1
+
+
 def test_no_secret_fails_closed(client: TestClient, deployment: Deployment) -> None:
     from db.models import WebhookSecret
     from db.types import utcnow

@@ -109,6 +109,11 @@ def test_bad_values_are_tolerated_or_permanent() -> None:
     [
         (b"not json", "not UTF-8 JSON"),
         (b"\xff\xfe{}", "not UTF-8 JSON"),
+        # Stricter than the standard library, at intake and in the worker alike: a 400 at the
+        # door instead of text the worker could not encrypt or a value it could not store.
+        (b'{"type": "post_call_transcription", "data": {"x": NaN}}', "not UTF-8 JSON"),
+        (b'{"type": "post_call_transcription", "data": {"x": "\\ud800"}}', "not UTF-8 JSON"),
+        (b'{"type": "x", "data": ' + b"[" * 2000 + b"]" * 2000 + b"}", "nested too deeply"),
         (b"[1, 2]", "not a JSON object"),
         (b'{"data": {}}', "type"),
         (b'{"type": "", "data": {}}', "type"),

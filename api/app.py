@@ -29,7 +29,7 @@ from db.logs import configure_logging
 from db.settings import Settings, get_settings
 
 log = structlog.get_logger("voxmem.api")
-_gc_frozen = False
+_gc_frozen: set[str] = set()
 
 
 def build_state(settings: Settings) -> AppState:
@@ -45,9 +45,33 @@ def build_state(settings: Settings) -> AppState:
                 path,
                 interval=settings.checkpoint_interval_secs,
                 truncate_bytes=settings.wal_truncate_bytes,
+                restart_bytes=settings.wal_restart_bytes,
+                restart_wait_ms=settings.wal_restart_wait_ms,
             )
             checkpointer.start()
     return AppState(settings=settings, db=db, keyring=keyring, checkpointer=checkpointer)
+
+
+def _freeze_startup_objects(stage: str) -> None:
+    """Everything built at start-up lives as long as the process: move it out of the
+    collector's reach, so full collections scan only later objects. An automatic gen-2 pass
+    over the imported modules stalled the event loop 60–120 ms (webhook p99), and one over the
+    embedding model and tokenizer the warm-up thread loads still took 40–90 ms, so there are
+    two stages: after the imports and after the warm-up.
+
+    Once per stage per process: a test process builds many apps, whose objects must stay
+    freeable.
+    """
+    if stage in _gc_frozen:
+        return
+    _gc_frozen.add(stage)
+    gc.collect()
+    gc.freeze()
+
+
+def _warm_up(state: AppState) -> None:
+    search.warm_up(state)
+    _freeze_startup_objects("warm-up")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,22 +92,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Not ready until the model is loaded: the first calls routed to a process still
         # loading it (ONNX session build holds the CPU ~0.5 s) overran init's deadline.
         state.extras[search.WARM_KEY] = threading.Event()
-        threading.Thread(target=search.warm_up, args=(state,), daemon=True).start()
+        threading.Thread(target=_warm_up, args=(state,), daemon=True).start()
         log.info(
             "api.started",
             database=state.db.dialect,
             sqlite_version=sqlite_version() if state.db.dialect == "sqlite" else None,
             wal_reset_mitigation=mitigation_in_force() if state.db.dialect == "sqlite" else None,
         )
-        # Everything built at start-up lives as long as the process: move it out of the
-        # collector's reach, so full collections scan only later objects. An automatic gen-2
-        # pass over the imported modules stalled the event loop 60–120 ms (webhook p99).
-        # Once per process: a test process builds many apps, whose objects must stay freeable.
-        global _gc_frozen
-        if not _gc_frozen:
-            _gc_frozen = True
-            gc.collect()
-            gc.freeze()
+        _freeze_startup_objects("imports")
         try:
             yield
         finally:

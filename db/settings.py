@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     forget_tombstone_days: float = 30.0
     checkpoint_interval_secs: float = 1.0
     wal_truncate_bytes: int = 64 * 1024 * 1024
+    # Past this much WAL, the checkpointer follows its PASSIVE pass with a RESTART so writers
+    # reuse the WAL from its start (db/checkpoint.py says why); it waits this long for readers.
+    wal_restart_bytes: int = 16 * 1024 * 1024
+    wal_restart_wait_ms: int = 5
 
     # --- agent endpoints --------------------------------------------------------------------
     init_deadline_ms: int = 300

@@ -3,6 +3,7 @@ and a multi-process write + checkpoint storm leaves an intact database."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
@@ -117,3 +118,51 @@ def test_concurrent_writers_with_contending_checkpointers_keep_the_file_intact(
         assert count == rows * writers
     finally:
         conn.close()
+
+
+def test_under_a_steady_writer_the_wal_starts_over_instead_of_growing(tmp_path: Path) -> None:
+    """A PASSIVE checkpoint alone never rewinds the WAL while writes keep arriving during it,
+    so the WAL grew until the TRUNCATE backstop stalled writers. The RESTART that follows a
+    PASSIVE past ``restart_bytes`` makes writers reuse the WAL: its frame count drops back
+    and the file stays near the threshold, with no TRUNCATE."""
+    import threading
+
+    path = tmp_path / "steady.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("INSERT INTO t (v) VALUES (?)", ("x" * 17_000,))
+            writer.execute("COMMIT")
+            time.sleep(0.002)
+
+    restart_bytes = 1 << 20
+    cp = Checkpointer(path, interval=0.1, truncate_bytes=1 << 40, restart_bytes=restart_bytes)
+    thread = threading.Thread(target=write)
+    thread.start()
+    frames: list[int] = []
+    wal_sizes: list[int] = []
+    wal = path.with_name(path.name + "-wal")
+    try:
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            result = cp.checkpoint_once()
+            assert result is not None
+            frames.append(result[1])
+            wal_sizes.append(wal.stat().st_size)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join()
+        cp.release()
+        writer.close()
+    assert cp.restarts > 0
+    # The frame count went back down at least once: the WAL started over.
+    assert any(later < earlier for earlier, later in itertools.pairwise(frames)), frames
+    # Without restarts 4 s of these writes make a WAL of ~25 MB; with them it stays small.
+    assert max(wal_sizes) < 8 * restart_bytes, wal_sizes

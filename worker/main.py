@@ -43,6 +43,8 @@ def run_worker_process(
                 settings.sqlite_path,
                 interval=settings.checkpoint_interval_secs,
                 truncate_bytes=settings.wal_truncate_bytes,
+                restart_bytes=settings.wal_restart_bytes,
+                restart_wait_ms=settings.wal_restart_wait_ms,
             )
             checkpointer.start()
     loop = WorkerLoop(settings=settings, db=db, process_next=lambda: False)

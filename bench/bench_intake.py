@@ -340,7 +340,11 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    print(json.dumps({"voxmem": real.__dict__, "bare": bare.__dict__}))
+    fsync = {
+        "before": {"p50": disk[0], "p99": disk[1]},
+        "after": {"p50": disk_after[0], "p99": disk_after[1]},
+    }
+    print(json.dumps({"voxmem": real.__dict__, "bare": bare.__dict__, "fsync_ms": fsync}))
     if args.write_docs:
         write_docs(text)
 

@@ -166,13 +166,29 @@ def fig_intake(quick: bool) -> list[Figure]:
         data = json.loads(out.stdout.strip().splitlines()[-1])
         real, bare = data["voxmem"], data["bare"]
         fig.raw[str(rate)] = data
+        p99_target = "≤ 5 ms (issue 3)" if rate == 200 else ""
         fig.rows += [
             Row(f"ack p50 at {rate} req/s", real["p50_ms"], bare["p50_ms"]),
-            Row(f"ack p99 at {rate} req/s", real["p99_ms"], bare["p99_ms"]),
+            Row(
+                f"ack p99 at {rate} req/s",
+                real["p99_ms"],
+                bare["p99_ms"],
+                target=p99_target,
+                met=real["p99_ms"] <= 5.0 if p99_target else None,
+            ),
         ]
         fig.notes.append(
             f"At {rate} req/s: {real['ok_at_rate']}/{real['sent']} accepted (200 `accepted`)."
         )
+        disk = data.get("fsync_ms")
+        if disk:
+            # Every acknowledgement waits for one WAL fsync: the disk's own tail is the floor
+            # under the ack p99, and on a shared VM it moves from run to run.
+            fig.notes.append(
+                f"4 KiB write + fsync on the data disk in the {rate} req/s run: "
+                f"p50 {disk['before']['p50']:.2f} / p99 {disk['before']['p99']:.2f} ms before, "
+                f"{disk['after']['p50']:.2f} / {disk['after']['p99']:.2f} ms after."
+            )
         if rate == 200:
             fig.rows.append(
                 Row(
@@ -180,6 +196,8 @@ def fig_intake(quick: bool) -> list[Figure]:
                     real["max_per_sec"],
                     bare["max_per_sec"],
                     unit="req/s",
+                    target="≥ 1,000 req/s (issue 3)",
+                    met=real["max_per_sec"] >= 1000,
                 )
             )
             if "cpu_ms_per_request" in real:

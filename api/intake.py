@@ -193,8 +193,7 @@ Outcome = InsertResult | BaseException
 @dataclass(frozen=True)
 class _Waiting:
     item: PendingEvent
-    future: asyncio.Future[InsertResult]
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[InsertResult]  # its loop is the one to answer on
 
 
 class IngestWriter:
@@ -210,14 +209,16 @@ class IngestWriter:
 
     def __init__(self, db: Database, *, batch_max: int) -> None:
         self._db = db
-        self._batch_max = max(1, batch_max)
+        self._sqlite = _SqliteBatchInsert(db) if db.dialect == "sqlite" else None
+        # A SQLite batch is one INSERT statement: keep it within SQLite's variable limit.
+        limit = _SqliteBatchInsert.MAX_ROWS if self._sqlite is not None else batch_max
+        self._batch_max = max(1, min(batch_max, limit))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Events of the current loop iteration, per loop (tests may drive one app from several).
         self._gathering: dict[asyncio.AbstractEventLoop, list[_Waiting]] = {}
         self._thread = threading.Thread(target=self._run, name="voxmem-ingest", daemon=True)
         self._stopped = False
         self._insert_stmt = _build_insert(db.dialect)
-        self._sqlite = _SqliteBatchInsert(db) if db.dialect == "sqlite" else None
         self._thread.start()
 
     async def insert(self, item: PendingEvent, *, deadline_secs: float) -> InsertResult:
@@ -237,7 +238,7 @@ class IngestWriter:
         if gathering is None:
             gathering = self._gathering[loop] = []
             loop.call_soon(self._hand_over, loop, deadline_secs)
-        gathering.append(_Waiting(item, future, loop))
+        gathering.append(_Waiting(item, future))
         return await future
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop, deadline_secs: float) -> None:
@@ -301,7 +302,7 @@ class IngestWriter:
         # Only now is every row of the batch durable: acknowledge.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiting, Outcome]]] = {}
         for waiting, outcome in zip(live, outcomes, strict=True):
-            by_loop.setdefault(waiting.loop, []).append((waiting, outcome))
+            by_loop.setdefault(waiting.future.get_loop(), []).append((waiting, outcome))
         for loop, settled in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_settle, settled)
@@ -398,7 +399,7 @@ class _SqliteBatchInsert:
         " CROSS JOIN webhook_events AS w ON w.tenant_id = v.column1 AND w.event_id = v.column2"
     )
     # Far below SQLite's 32,766 variables even at 16 per row.
-    CHUNK = 500
+    MAX_ROWS = 500
 
     def __init__(self, db: Database) -> None:
         dialect = db.write_engine.dialect
@@ -450,13 +451,8 @@ class _SqliteBatchInsert:
         ]
 
     def execute(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int | None]:
-        """Row id per event, None for one already stored (or earlier in the same batch)."""
-        ids: list[int | None] = []
-        for start in range(0, len(rows), self.CHUNK):
-            ids.extend(self._execute(conn, rows[start : start + self.CHUNK]))
-        return ids
-
-    def _execute(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int | None]:
+        """Row id per event, None for one already stored (or earlier in the same batch).
+        At most ``MAX_ROWS`` rows: the writer's batches are capped to it."""
         raw = conn.connection.driver_connection
         keys = [(row["tenant_id"], row["event_id"]) for row in rows]
         flat_keys = [part for key in keys for part in key]

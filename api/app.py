@@ -41,13 +41,7 @@ def build_state(settings: Settings) -> AppState:
         ensure_wal(db.write_engine)
         path = settings.sqlite_path
         if path is not None:
-            checkpointer = Checkpointer(
-                path,
-                interval=settings.checkpoint_interval_secs,
-                truncate_bytes=settings.wal_truncate_bytes,
-                restart_bytes=settings.wal_restart_bytes,
-                restart_wait_ms=settings.wal_restart_wait_ms,
-            )
+            checkpointer = Checkpointer.from_settings(settings, path)
             checkpointer.start()
     return AppState(settings=settings, db=db, keyring=keyring, checkpointer=checkpointer)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import structlog
 
+from db.settings import Settings
+
 log = structlog.get_logger("voxmem.checkpoint")
 
 FIXED_VERSIONS = ((3, 51, 3), (3, 50, 7), (3, 44, 6))
@@ -68,6 +70,17 @@ class Checkpointer:
         self.restarts = 0
         self._page_bytes: int | None = None
         self.last_result: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db_path: Path) -> Checkpointer:
+        """The checkpointer every API and worker process runs (the same thresholds in each)."""
+        return cls(
+            db_path,
+            interval=settings.checkpoint_interval_secs,
+            truncate_bytes=settings.wal_truncate_bytes,
+            restart_bytes=settings.wal_restart_bytes,
+            restart_wait_ms=settings.wal_restart_wait_ms,
+        )
 
     @property
     def is_leader(self) -> bool:

@@ -39,13 +39,7 @@ def run_worker_process(
     if db.dialect == "sqlite":
         ensure_wal(db.write_engine)
         if settings.sqlite_path is not None:
-            checkpointer = Checkpointer(
-                settings.sqlite_path,
-                interval=settings.checkpoint_interval_secs,
-                truncate_bytes=settings.wal_truncate_bytes,
-                restart_bytes=settings.wal_restart_bytes,
-                restart_wait_ms=settings.wal_restart_wait_ms,
-            )
+            checkpointer = Checkpointer.from_settings(settings, settings.sqlite_path)
             checkpointer.start()
     loop = WorkerLoop(settings=settings, db=db, process_next=lambda: False)
     # The loop owns the worker id and the counters its heartbeat reports; the consumer

@@ -11,23 +11,29 @@ SQLite rules (see docs/architecture.md):
   checkpointers racing a writer).
 - Write transactions start with BEGIN IMMEDIATE so the busy timeout applies at BEGIN instead
   of failing later with SQLITE_BUSY_SNAPSHOT; read transactions use a deferred BEGIN on a
-  separate engine whose connections are query_only.
+  separate engine whose connections are query_only. A write waits for the lock in steps of
+  at most 1 ms (``_begin_immediate`` says why), not in SQLite's 1–100 ms sleeps.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.settings import Settings
 
 BUSY_TIMEOUT_MS = 10_000
+# Pauses between tries for the write lock: short first (a commit holds it ~0.5 ms), then 1 ms.
+_FIRST_PAUSE_SECS = 50e-6
+_LONGEST_PAUSE_SECS = 1e-3
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 
@@ -68,7 +74,44 @@ def _install_sqlite_hooks(engine: Engine, *, read_only: bool, durable: bool = Tr
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+        if read_only:
+            conn.exec_driver_sql(begin)
+        else:
+            _begin_immediate(conn, BUSY_TIMEOUT_MS)
+
+
+def _begin_immediate(conn: Connection, timeout_ms: int) -> None:
+    """BEGIN IMMEDIATE, retrying for the write lock every 50 µs–1 ms for up to ``timeout_ms``.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between
+    tries, so a writer that finds the lock held for 1.1 ms sleeps 3 ms, and one that finds it
+    held for 8.1 ms sleeps 18 ms. At 200 webhooks/s that turned the checkpointer's RESTART
+    (which holds the write lock through one fsync of the database) and any other writer of the
+    moment into 8–78 ms intake commits: the p99 of the acknowledgement. Python's sqlite3 does
+    not expose ``sqlite3_busy_handler``, so the busy timeout is off for the BEGIN alone and
+    this loop waits instead; every other statement keeps SQLite's handler as a safety net.
+    """
+    raw = cast(sqlite3.Connection, conn.connection.driver_connection)
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + timeout_ms / 1000
+        pause = _FIRST_PAUSE_SECS
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE_SECS)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={timeout_ms}")
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def make_engine(settings: Settings, *, read_only: bool = False, durable: bool = True) -> Engine:

@@ -189,6 +189,14 @@ def fig_intake(quick: bool) -> list[Figure]:
                 f"p50 {disk['before']['p50']:.2f} / p99 {disk['before']['p99']:.2f} ms before, "
                 f"{disk['after']['p50']:.2f} / {disk['after']['p99']:.2f} ms after."
             )
+        if "steal_pct_at_rate" in real:
+            # CPU the hypervisor gave to other guests while the paced requests ran: the other
+            # thing on this shared VM that moves the p99 between runs of the same code.
+            fig.notes.append(
+                f"CPU steal while the {rate} req/s requests ran: "
+                f"{real['steal_pct_at_rate']:.1f} % (voxmem), {bare['steal_pct_at_rate']:.1f} % "
+                "(bare endpoint)."
+            )
         if rate == 200:
             fig.rows.append(
                 Row(

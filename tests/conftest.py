@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -189,3 +192,47 @@ def exporter(deployment: Deployment) -> Iterator[InMemorySpanExporter]:
         yield memory
     finally:
         tracing.shutdown_tracing()
+
+
+@dataclass
+class HeldWriteLock:
+    pauses: list[float] = field(default_factory=list)  # time.sleep calls of the tested thread
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+@contextmanager
+def write_lock_held(
+    path: Path, monkeypatch: pytest.MonkeyPatch, *, release_after: int, statement: str = ""
+) -> Iterator[HeldWriteLock]:
+    """Another connection holds SQLite's write lock (after running ``statement``) until the
+    calling thread has slept ``release_after`` times waiting for it, then commits. After 10 s
+    it commits anyway, so code that never retries fails its test instead of hanging it."""
+    held = HeldWriteLock()
+    real_sleep = time.sleep
+    tested = threading.get_ident()
+
+    def recording_sleep(secs: float) -> None:
+        if threading.get_ident() == tested:
+            held.pauses.append(secs)
+        real_sleep(secs)
+
+    monkeypatch.setattr(time, "sleep", recording_sleep)
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    if statement:
+        holder.execute(statement)
+
+    def commit_once_waited_on() -> None:
+        deadline = time.monotonic() + 10
+        while len(held.pauses) < release_after and time.monotonic() < deadline:
+            real_sleep(0.001)
+        holder.execute("COMMIT")
+        held.released.set()
+
+    thread = threading.Thread(target=commit_once_waited_on)
+    thread.start()
+    try:
+        yield held
+    finally:
+        thread.join()
+        holder.close()

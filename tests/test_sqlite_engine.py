@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from db.engine import Database
-from tests.conftest import Deployment
+from tests.conftest import Deployment, write_lock_held
 
 
 def _pragma(db_conn: object, name: str) -> object:
@@ -102,44 +101,16 @@ def test_a_write_waits_for_the_lock_in_short_steps(
     that met another writer's lock slept well past its release (8–78 ms intake commits at
     200 webhooks/s). Our BEGIN retries in pauses of at most 1 ms and then restores the busy
     timeout for the rest of the transaction."""
-    import threading
-
     path = deployment.settings.sqlite_path
     assert path is not None
-    pauses: list[float] = []
-    real_sleep = time.sleep
-    tested = threading.get_ident()
-
-    def recording_sleep(secs: float) -> None:
-        if threading.get_ident() == tested:
-            pauses.append(secs)
-        real_sleep(secs)
-
-    monkeypatch.setattr(time, "sleep", recording_sleep)
-    holder = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
-    released = threading.Event()
-
-    def release_once_waited_on() -> None:
-        deadline = time.monotonic() + 10  # a failing BEGIN must fail the test, not hang it
-        while len(pauses) < 20 and time.monotonic() < deadline:
-            real_sleep(0.001)
-        holder.execute("COMMIT")
-        released.set()
-
-    thread = threading.Thread(target=release_once_waited_on)
-    thread.start()
-    try:
+    with write_lock_held(path, monkeypatch, release_after=20) as held:
         with deployment.db.write() as session:
             # The session's first statement runs the BEGIN: it returns once the lock is free.
             assert session.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
-            assert released.is_set()
+            assert held.released.is_set()
             session.execute(text("UPDATE tenants SET name = 'waited' WHERE slug = 'default'"))
-    finally:
-        thread.join()
-        holder.close()
-    assert len(pauses) >= 20
-    assert max(pauses) <= 0.001
+    assert len(held.pauses) >= 20
+    assert max(held.pauses) <= 0.001
     with deployment.db.read() as session:
         name = session.execute(text("SELECT name FROM tenants WHERE slug = 'default'")).scalar()
     assert name == "waited"

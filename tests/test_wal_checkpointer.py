@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from db.checkpoint import Checkpointer, mitigation_in_force, sqlite_has_wal_reset_fix
-from tests.conftest import Deployment
+from tests.conftest import Deployment, write_lock_held
 
 
 @pytest.mark.parametrize(
@@ -174,8 +174,6 @@ def test_a_restart_waits_for_a_writer_in_short_steps(
     """A RESTART that meets a writer retries every ≤ 1 ms (not SQLite's 1, 2, 5 … ms sleeps,
     during which it could hold the write lock while waiting for readers), and completes in
     the same checkpoint once the writer is gone."""
-    import threading
-
     path = tmp_path / "restart.db"
     setup = sqlite3.connect(path, isolation_level=None)
     setup.execute("PRAGMA journal_mode=WAL")
@@ -183,38 +181,16 @@ def test_a_restart_waits_for_a_writer_in_short_steps(
     setup.execute("CREATE TABLE t (v TEXT)")
     # Stays open: the last connection to close would checkpoint and delete the WAL.
     setup.execute("INSERT INTO t (v) VALUES (?)", ("x" * 50_000,))
-    pauses: list[float] = []
-    real_sleep = time.sleep
-    tested = threading.get_ident()
-
-    def recording_sleep(secs: float) -> None:
-        if threading.get_ident() == tested:
-            pauses.append(secs)
-        real_sleep(secs)
-
-    monkeypatch.setattr(time, "sleep", recording_sleep)
-    holder = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO t (v) VALUES ('held')")
-
-    def commit_once_waited_on() -> None:
-        deadline = time.monotonic() + 10  # a RESTART that never retries must fail, not hang
-        while len(pauses) < 10 and time.monotonic() < deadline:
-            real_sleep(0.001)
-        holder.execute("COMMIT")
-
     cp = Checkpointer(path, truncate_bytes=1 << 40, restart_bytes=1, restart_wait_ms=10_000)
-    thread = threading.Thread(target=commit_once_waited_on)
-    thread.start()
     try:
-        result = cp.checkpoint_once()
+        statement = "INSERT INTO t (v) VALUES ('held')"
+        with write_lock_held(path, monkeypatch, release_after=10, statement=statement) as held:
+            result = cp.checkpoint_once()
     finally:
-        thread.join()
-        holder.close()
         setup.close()
         cp.release()
     assert result is not None
     assert result[0] == 0, result  # not busy: the WAL was restarted
     assert cp.restarts == 1
-    assert len(pauses) >= 10
-    assert max(pauses) <= 0.001
+    assert len(held.pauses) >= 10
+    assert max(held.pauses) <= 0.001

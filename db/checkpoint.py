@@ -110,21 +110,21 @@ class Checkpointer:
     def checkpoint_once(self) -> tuple[int, int, int] | None:
         """Run one checkpoint if this process is the leader; returns (busy, log, checkpointed).
 
-        PASSIVE first: it copies the WAL into the database without blocking anyone. But under
-        a steady stream of writes it may never let the WAL start over: SQLite rewinds the WAL
-        only when a write begins while every frame is already copied back, and at 200
-        webhooks/s with one pass a second a write always landed while the pass was running
-        (passes every 0.1 s are short enough that most end between two writes). The WAL then grew by ~9 MB/s
-        until the TRUNCATE backstop, which stalled the intake writer 50–60 ms each time, and
-        appending to a freshly truncated WAL made commits slower (every fsync also had to
-        journal the file's new size). So once the WAL is past ``restart_bytes``, a RESTART
-        follows: it copies the few frames written since the PASSIVE and makes the next writer
-        reuse the WAL from its start. It is retried for up to ``restart_wait_ms`` while a
-        writer or reader is in the way (``_restart``); a restart still busy then is tried again
-        next interval, and TRUNCATE stays the backstop past ``truncate_bytes``. The RESTART
-        holds the write lock through one fsync of the database file (a writer waits that long,
-        ~0.3–10 ms with this disk), so it runs only every ``restart_bytes`` of WAL (16 MiB:
-        every ~2 s at 200 webhooks/s), not every interval.
+        PASSIVE first: it copies the WAL into the database without blocking anyone. Under a
+        steady stream of writes it may never let the WAL start over: SQLite rewinds the WAL
+        only when a write begins while every frame is already copied back. With one pass a
+        second at 200 webhooks/s a write always landed while the pass ran (passes every 0.1 s
+        are short enough that most end between two writes), and the WAL grew by ~9 MB/s until
+        the TRUNCATE backstop, which stalled the intake writer 50–60 ms each time; appending
+        to a freshly truncated WAL also made every fsync journal the file's new size.
+
+        So once the WAL is past ``restart_bytes``, a RESTART follows: it copies the few frames
+        written since the PASSIVE and makes the next writer reuse the WAL from its start. It
+        is retried for up to ``restart_wait_ms`` while a writer or reader is in the way
+        (``_restart``); one still busy then is tried again next interval, and TRUNCATE stays
+        the backstop past ``truncate_bytes``. The RESTART holds the write lock through one
+        fsync of the database file (a writer waits that long, ~0.3–10 ms on this disk), so it
+        runs only every ``restart_bytes`` of WAL, not every interval.
         """
         if not self.try_acquire() or not self.db_path.exists():
             return None

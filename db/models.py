@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from db.crypto import EncryptedText
+from db.crypto import CompressedEncryptedText, EncryptedText
 from db.types import JSONType, UTCDateTime, utcnow
 
 QUEUE_STATUSES = ("pending", "processing", "completed", "failed", "dead_letter")
@@ -200,7 +200,7 @@ class WebhookEvent(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(String(300))
     event_type: Mapped[str] = mapped_column(String(64))
-    payload: Mapped[str | None] = mapped_column(EncryptedText())
+    payload: Mapped[str | None] = mapped_column(CompressedEncryptedText())
     conversation_id: Mapped[str | None] = mapped_column(String(128))
     # Events with the same key are processed one at a time (linking and summaries would race).
     ordering_key: Mapped[str | None] = mapped_column(String(128))

@@ -31,9 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.settings import Settings
 
 BUSY_TIMEOUT_MS = 10_000
-# Pauses between tries for the write lock: short first (a commit holds it ~0.5 ms), then 1 ms.
+# Pauses between tries for the write lock: short first (a commit holds it ~0.5 ms), then 1 ms;
+# past 50 ms of waiting (a long worker transaction, not a commit) 5 ms, so a process stuck
+# behind a long writer polls at 200 Hz (a failed try costs ~26 µs of CPU), not 1 kHz.
 _FIRST_PAUSE_SECS = 50e-6
 _LONGEST_PAUSE_SECS = 1e-3
+_PATIENT_AFTER_SECS = 0.05
+_PATIENT_PAUSE_SECS = 5e-3
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 
@@ -81,7 +85,8 @@ def _install_sqlite_hooks(engine: Engine, *, read_only: bool, durable: bool = Tr
 
 
 def _begin_immediate(conn: Connection, timeout_ms: int) -> None:
-    """BEGIN IMMEDIATE, retrying for the write lock every 50 µs–1 ms for up to ``timeout_ms``.
+    """BEGIN IMMEDIATE, retrying for the write lock every 50 µs–1 ms (5 ms once it has waited
+    50 ms) for up to ``timeout_ms``.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between
     tries, so a writer that finds the lock held for 1.1 ms sleeps 3 ms, and one that finds it
@@ -94,17 +99,20 @@ def _begin_immediate(conn: Connection, timeout_ms: int) -> None:
     raw = cast(sqlite3.Connection, conn.connection.driver_connection)
     raw.execute("PRAGMA busy_timeout=0")
     try:
-        deadline = time.monotonic() + timeout_ms / 1000
+        started = time.monotonic()
+        deadline = started + timeout_ms / 1000
         pause = _FIRST_PAUSE_SECS
         while True:
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 return
             except OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
+                now = time.monotonic()
+                if not _is_busy(exc) or now >= deadline:
                     raise
             time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE_SECS)
+            patient = now - started > _PATIENT_AFTER_SECS
+            pause = min(pause * 2, _PATIENT_PAUSE_SECS if patient else _LONGEST_PAUSE_SECS)
     finally:
         raw.execute(f"PRAGMA busy_timeout={timeout_ms}")
 

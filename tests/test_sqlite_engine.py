@@ -101,6 +101,8 @@ def test_a_write_waits_for_the_lock_in_short_steps(
     that met another writer's lock slept well past its release (8–78 ms intake commits at
     200 webhooks/s). Our BEGIN retries in pauses of at most 1 ms and then restores the busy
     timeout for the rest of the transaction."""
+    # However slow this machine's sleeps, the wait here stays in its first, short-step phase.
+    monkeypatch.setattr("db.engine._PATIENT_AFTER_SECS", 60.0)
     path = deployment.settings.sqlite_path
     assert path is not None
     with write_lock_held(path, monkeypatch, release_after=20) as held:
@@ -114,6 +116,22 @@ def test_a_write_waits_for_the_lock_in_short_steps(
     with deployment.db.read() as session:
         name = session.execute(text("SELECT name FROM tenants WHERE slug = 'default'")).scalar()
     assert name == "waited"
+
+
+def test_a_long_wait_for_the_lock_polls_less_often(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the short-step phase (50 ms; zero here) a waiting writer backs off to 5 ms
+    between tries, so a process stuck behind a long transaction does not spin at 1 kHz."""
+    monkeypatch.setattr("db.engine._PATIENT_AFTER_SECS", 0.0)
+    path = deployment.settings.sqlite_path
+    assert path is not None
+    with write_lock_held(path, monkeypatch, release_after=10) as held:
+        with deployment.db.write() as session:
+            session.execute(text("SELECT 1"))
+            assert held.released.is_set()
+    assert held.pauses[0] == pytest.approx(50e-6)
+    assert max(held.pauses) == pytest.approx(5e-3)
 
 
 def test_a_write_still_gives_up_after_the_busy_timeout(

@@ -12,7 +12,8 @@ SQLite rules (see docs/architecture.md):
 - Write transactions start with BEGIN IMMEDIATE so the busy timeout applies at BEGIN instead
   of failing later with SQLITE_BUSY_SNAPSHOT; read transactions use a deferred BEGIN on a
   separate engine whose connections are query_only. A write waits for the lock in steps of
-  at most 1 ms (``_begin_immediate`` says why), not in SQLite's 1–100 ms sleeps.
+  at most 1 ms, 5 ms past 50 ms of waiting (``_begin_immediate`` says why), not in SQLite's
+  1–100 ms sleeps.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ import fcntl
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import structlog
 
+from db.engine import LockWait, is_busy
 from db.settings import Settings
 
 log = structlog.get_logger("voxmem.checkpoint")
@@ -145,25 +145,22 @@ class Checkpointer:
         return self.last_result
 
     def _restart(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
-        """RESTART without SQLite's busy handler, retried every 50 µs–1 ms for at most
+        """RESTART without SQLite's busy handler, retried in ``LockWait`` steps for at most
         ``restart_wait_ms``. With the handler, a RESTART that met a writer slept 1, 2, 2 ms
         (coarse steps of sqliteDefaultBusyCallback), and one that met a reader held the write
         lock while it slept; without it, a try that meets either gives up at once and lets
         writers in, and the next try comes within a millisecond."""
         conn.execute("PRAGMA busy_timeout=0")
-        deadline = time.monotonic() + self.restart_wait_ms / 1000
-        pause = 50e-6
+        wait = LockWait(self.restart_wait_ms / 1000)
         while True:
             try:
                 row = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                if not is_busy(exc):
                     raise
                 row = (1, -1, -1)
-            if int(row[0]) == 0 or time.monotonic() >= deadline:
+            if int(row[0]) == 0 or not wait.pause():
                 return int(row[0]), int(row[1]), int(row[2])
-            time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
 
     def _page_size(self, conn: sqlite3.Connection) -> int:
         if self._page_bytes is None:

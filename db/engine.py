@@ -32,9 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.settings import Settings
 
 BUSY_TIMEOUT_MS = 10_000
-# Pauses between tries for the write lock: short first (a commit holds it ~0.5 ms), then 1 ms;
-# past 50 ms of waiting (a long worker transaction, not a commit) 5 ms, so a process stuck
-# behind a long writer polls at 200 Hz (a failed try costs ~26 µs of CPU), not 1 kHz.
+# LockWait's schedule.
 _FIRST_PAUSE_SECS = 50e-6
 _LONGEST_PAUSE_SECS = 1e-3
 _PATIENT_AFTER_SECS = 0.05
@@ -86,8 +84,8 @@ def _install_sqlite_hooks(engine: Engine, *, read_only: bool, durable: bool = Tr
 
 
 def _begin_immediate(conn: Connection, timeout_ms: int) -> None:
-    """BEGIN IMMEDIATE, retrying for the write lock every 50 µs–1 ms (5 ms once it has waited
-    50 ms) for up to ``timeout_ms``.
+    """BEGIN IMMEDIATE, retrying for the write lock in ``LockWait`` steps for up to
+    ``timeout_ms``.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between
     tries, so a writer that finds the lock held for 1.1 ms sleeps 3 ms, and one that finds it
@@ -100,26 +98,44 @@ def _begin_immediate(conn: Connection, timeout_ms: int) -> None:
     raw = cast(sqlite3.Connection, conn.connection.driver_connection)
     raw.execute("PRAGMA busy_timeout=0")
     try:
-        started = time.monotonic()
-        deadline = started + timeout_ms / 1000
-        pause = _FIRST_PAUSE_SECS
+        wait = LockWait(timeout_ms / 1000)
         while True:
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 return
             except OperationalError as exc:
-                now = time.monotonic()
-                if not _is_busy(exc) or now >= deadline:
+                if not is_busy(exc) or not wait.pause():
                     raise
-            time.sleep(pause)
-            patient = now - started > _PATIENT_AFTER_SECS
-            pause = min(pause * 2, _PATIENT_PAUSE_SECS if patient else _LONGEST_PAUSE_SECS)
     finally:
         raw.execute(f"PRAGMA busy_timeout={timeout_ms}")
 
 
-def _is_busy(exc: OperationalError) -> bool:
-    code = getattr(exc.orig, "sqlite_errorcode", None)
+class LockWait:
+    """Pauses between tries for a lock SQLite reported busy, in place of its busy handler
+    (``_begin_immediate`` says why): 50 µs doubling to 1 ms, since a commit holds the write
+    lock ~0.5 ms; past 50 ms of waiting (a long worker transaction, not a commit) up to 5 ms,
+    so a process stuck behind a long writer polls at 200 Hz (a failed try costs ~26 µs of
+    CPU), not 1 kHz."""
+
+    def __init__(self, timeout_secs: float) -> None:
+        self._started = time.monotonic()
+        self._deadline = self._started + timeout_secs
+        self._pause = _FIRST_PAUSE_SECS
+
+    def pause(self) -> bool:
+        """Sleep before the next try; False, without sleeping, once the timeout has passed."""
+        now = time.monotonic()
+        if now >= self._deadline:
+            return False
+        time.sleep(self._pause)
+        patient = now - self._started > _PATIENT_AFTER_SECS
+        self._pause = min(self._pause * 2, _PATIENT_PAUSE_SECS if patient else _LONGEST_PAUSE_SECS)
+        return True
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY (any extended code), raised by sqlite3 itself or wrapped by SQLAlchemy."""
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
     return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 

@@ -182,6 +182,8 @@ def test_a_restart_waits_for_a_writer_in_short_steps(
     # Stays open: the last connection to close would checkpoint and delete the WAL.
     setup.execute("INSERT INTO t (v) VALUES (?)", ("x" * 50_000,))
     cp = Checkpointer(path, truncate_bytes=1 << 40, restart_bytes=1, restart_wait_ms=10_000)
+    # However slow this machine's sleeps, the wait here stays in its first, short-step phase.
+    monkeypatch.setattr("db.engine._PATIENT_AFTER_SECS", 60.0)
     try:
         statement = "INSERT INTO t (v) VALUES ('held')"
         with write_lock_held(path, monkeypatch, release_after=10, statement=statement) as held:

@@ -15,21 +15,10 @@ import argparse
 import asyncio
 import json
 import sqlite3
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
-from bench.bench_intake import REPO, build_requests, flat_out, free_port, prepare_deployment
-
-SERVER = (
-    "import sys, uvicorn\n"
-    "uvicorn.run('api.app:create_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]),"
-    " log_level='warning')\n"
-)
+from bench.bench_intake import build_requests, flat_out, prepare_deployment, start_server
 
 
 def measure(events: int) -> dict[str, float]:
@@ -37,19 +26,9 @@ def measure(events: int) -> dict[str, float]:
         env, secret, db_path = prepare_deployment(Path(tmp))
         env["VOXMEM_CHECKPOINT_INTERVAL_SECS"] = "100000"
         env["VOXMEM_WAL_TRUNCATE_BYTES"] = str(1 << 40)
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=REPO, env=env)
+        proc, port = start_server("voxmem", env)
         wal = db_path.with_name(db_path.name + "-wal")
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1.0)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("API did not start") from None
-                    time.sleep(0.1)
             wal_before = wal.stat().st_size if wal.exists() else 0
             with sqlite3.connect(db_path) as conn:
                 pages_before = conn.execute("PRAGMA page_count").fetchone()[0]

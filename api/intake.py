@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import queue
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -22,11 +23,11 @@ from datetime import datetime
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Connection, Table, bindparam, func, literal, select
+from sqlalchemy import PoolProxiedConnection, Table, bindparam, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.crypto import Keyring
-from db.engine import Database
+from db.engine import BUSY_TIMEOUT_MS, Database, begin_immediate
 from db.models import DEFAULT_TENANT, ConversationBinding, Tenant, WebhookEvent
 from db.settings import Settings
 from db.tenancy import active_webhook_secrets
@@ -219,6 +220,7 @@ class IngestWriter:
         self._thread = threading.Thread(target=self._run, name="voxmem-ingest", daemon=True)
         self._stopped = False
         self._insert_stmt = _build_insert(db.dialect)
+        self._raw: PoolProxiedConnection | None = None  # SQLite: owned by the thread
         self._thread.start()
 
     async def insert(self, item: PendingEvent, *, deadline_secs: float) -> InsertResult:
@@ -263,6 +265,14 @@ class IngestWriter:
 
     # -- thread body ---------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._drain()
+        finally:
+            # Also when the thread dies: a connection left inside a transaction would keep the
+            # write lock; the pool rolls it back on return.
+            self._release_connection()
+
+    def _drain(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -291,8 +301,7 @@ class IngestWriter:
             return
         outcomes: list[Outcome]
         try:
-            with self._db.write_engine.begin() as conn:
-                outcomes = self._insert_many(conn, [waiting.item for waiting in live])
+            outcomes = self._insert_many([waiting.item for waiting in live])
         except Exception as exc:  # noqa: BLE001 - isolate the bad row, then report per event
             if len(live) == 1:
                 outcomes = [exc]
@@ -311,21 +320,64 @@ class IngestWriter:
 
     def _write_alone(self, item: PendingEvent) -> Outcome:
         try:
-            with self._db.write_engine.begin() as conn:
-                return self._insert_many(conn, [item])[0]
+            return self._insert_many([item])[0]
         except Exception as exc:  # noqa: BLE001 - reported to that event's request alone
             return exc
 
-    def _insert_many(self, conn: Connection, items: list[PendingEvent]) -> list[Outcome]:
+    def _insert_many(self, items: list[PendingEvent]) -> list[Outcome]:
         now: datetime = utcnow()
         rows = [_row(item, now) for item in items]
-        if self._sqlite is not None:
-            return [
-                InsertResult(event_row_id=row_id) for row_id in self._sqlite.execute(conn, rows)
-            ]
-        return [
-            InsertResult(event_row_id=conn.execute(self._insert_stmt, row).scalar()) for row in rows
-        ]
+        if self._sqlite is None:
+            with self._db.write_engine.begin() as conn:
+                return [
+                    InsertResult(event_row_id=conn.execute(self._insert_stmt, row).scalar())
+                    for row in rows
+                ]
+        # Encrypted before the write lock is taken: workers and the checkpointer wait for
+        # the lock, not for this thread's Fernet.
+        prepared = [self._sqlite.prepare(row) for row in rows]
+        raw = self._connection()
+        begin_immediate(raw, BUSY_TIMEOUT_MS)
+        try:
+            ids = self._sqlite.execute(raw, prepared)
+            raw.execute("COMMIT")
+        except BaseException:
+            self._abandon_transaction(raw)
+            raise
+        return [InsertResult(event_row_id=row_id) for row_id in ids]
+
+    # -- the thread's own SQLite connection ----------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        """The writer's DBAPI connection, taken from the write engine's pool (its pragmas set)
+        and kept for the thread's life.
+
+        Why not ``write_engine.begin()`` per batch: the pool check-out and return, and the
+        BEGIN and COMMIT through SQLAlchemy's execution machinery, cost ~0.2 ms of this
+        thread's CPU per single-event batch (bench/notes.md), most of it holding the GIL the
+        event loop needs for the next request. Here a batch is six sqlite3 calls.
+        """
+        if self._raw is None:
+            self._raw = self._db.write_engine.raw_connection()
+        return cast(sqlite3.Connection, self._raw.driver_connection)
+
+    def _abandon_transaction(self, raw: sqlite3.Connection) -> None:
+        try:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection that cannot roll back is not trusted with the next batch.
+            self._release_connection(invalidate=True)
+
+    def _release_connection(self, *, invalidate: bool = False) -> None:
+        proxied, self._raw = self._raw, None
+        if proxied is None:
+            return
+        try:
+            if invalidate:
+                proxied.invalidate()
+            proxied.close()
+        except Exception as exc:  # noqa: BLE001 - the connection is dropped either way
+            log.warning("intake.connection_release_failed", error=str(exc))
 
 
 def _row(item: PendingEvent, now: datetime) -> dict[str, Any]:
@@ -365,7 +417,7 @@ def _settle(settled: list[tuple[_Waiting, Outcome]]) -> None:
 
 
 class _SqliteBatchInsert:
-    """A whole batch in two statements on the DBAPI connection (SQLite only).
+    """A whole batch in two statements on the writer's own DBAPI connection (SQLite only).
 
     Why not one INSERT … RETURNING per event: Python's sqlite3 releases the GIL around every
     ``sqlite3_step`` and must take it back afterwards, and under load the event loop holds it.
@@ -424,14 +476,16 @@ class _SqliteBatchInsert:
             self._sql[(kind, n)] = sql
         return sql
 
-    def _values(self, row: dict[str, Any]) -> list[Any]:
+    def prepare(self, row: dict[str, Any]) -> _PreparedRow:
+        """The row's key and its SQL values, the payload encrypted (no lock needed)."""
+
         def bound(name: str) -> Any:
             value = row[name]
             processor = self._process[name]
             # None is SQL NULL (not JSON 'null'), as the ORM stores it.
             return processor(value) if processor is not None and value is not None else value
 
-        return [
+        values = [
             bound("tenant_id"),
             bound("event_id"),
             bound("event_type"),
@@ -449,24 +503,24 @@ class _SqliteBatchInsert:
             bound("payload_bytes"),
             bound("trace_context"),
         ]
+        return _PreparedRow(key=(row["tenant_id"], row["event_id"]), values=values)
 
-    def execute(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int | None]:
+    def execute(self, raw: sqlite3.Connection, rows: list[_PreparedRow]) -> list[int | None]:
         """Row id per event, None for one already stored (or earlier in the same batch).
-        At most ``MAX_ROWS`` rows: the writer's batches are capped to it."""
-        raw = conn.connection.driver_connection
-        keys = [(row["tenant_id"], row["event_id"]) for row in rows]
-        flat_keys = [part for key in keys for part in key]
-        seen = set(raw.execute(self._statement("select", len(keys)), flat_keys).fetchall())  # type: ignore[union-attr]
+        Inside the caller's write transaction; at most ``MAX_ROWS`` rows (the writer's
+        batches are capped to it)."""
+        flat_keys = [part for row in rows for part in row.key]
+        seen = set(raw.execute(self._statement("select", len(rows)), flat_keys).fetchall())
         fresh: list[int] = []
-        for index, key in enumerate(keys):
-            if key not in seen:
-                seen.add(key)
+        for index, row in enumerate(rows):
+            if row.key not in seen:
+                seen.add(row.key)
                 fresh.append(index)
         ids: list[int | None] = [None] * len(rows)
         if not fresh:
             return ids
-        values = [value for index in fresh for value in self._values(rows[index])]
-        cursor = raw.execute(self._statement("insert", len(fresh)), values)  # type: ignore[union-attr]
+        values = [value for index in fresh for value in rows[index].values]
+        cursor = raw.execute(self._statement("insert", len(fresh)), values)
         try:
             inserted, last = cursor.rowcount, cursor.lastrowid
         finally:
@@ -476,6 +530,12 @@ class _SqliteBatchInsert:
         for offset, index in enumerate(fresh):
             ids[index] = last - len(fresh) + 1 + offset
         return ids
+
+
+@dataclass(frozen=True)
+class _PreparedRow:
+    key: tuple[int, str]
+    values: list[Any]
 
 
 def _build_insert(dialect: str) -> Any:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -84,8 +84,20 @@ def _install_sqlite_hooks(engine: Engine, *, read_only: bool, durable: bool = Tr
 
 
 def _begin_immediate(conn: Connection, timeout_ms: int) -> None:
-    """BEGIN IMMEDIATE, retrying for the write lock in ``LockWait`` steps for up to
-    ``timeout_ms``.
+    """The write engine's BEGIN: ``begin_immediate`` through SQLAlchemy, so a failure is the
+    OperationalError its callers expect."""
+    raw = cast(sqlite3.Connection, conn.connection.driver_connection)
+    begin_immediate(raw, timeout_ms, execute=conn.exec_driver_sql)
+
+
+def begin_immediate(
+    raw: sqlite3.Connection,
+    timeout_ms: int,
+    *,
+    execute: Callable[[str], object] | None = None,
+) -> None:
+    """BEGIN IMMEDIATE on ``raw``, retrying for the write lock in ``LockWait`` steps for up to
+    ``timeout_ms``; ``execute`` runs the BEGIN (default: ``raw.execute``).
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between
     tries, so a writer that finds the lock held for 1.1 ms sleeps 3 ms, and one that finds it
@@ -95,15 +107,15 @@ def _begin_immediate(conn: Connection, timeout_ms: int) -> None:
     not expose ``sqlite3_busy_handler``, so the busy timeout is off for the BEGIN alone and
     this loop waits instead; every other statement keeps SQLite's handler as a safety net.
     """
-    raw = cast(sqlite3.Connection, conn.connection.driver_connection)
+    run = execute or raw.execute
     raw.execute("PRAGMA busy_timeout=0")
     try:
         wait = LockWait(timeout_ms / 1000)
         while True:
             try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                run("BEGIN IMMEDIATE")
                 return
-            except OperationalError as exc:
+            except (OperationalError, sqlite3.OperationalError) as exc:
                 if not is_busy(exc) or not wait.pause():
                     raise
     finally:

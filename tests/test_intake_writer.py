@@ -138,3 +138,22 @@ def test_a_closed_writer_refuses_instead_of_hanging(deployment: Deployment) -> N
     writer.close()
     with pytest.raises(WriterStoppedError):
         asyncio.run(writer.insert(event(default_tenant_id(deployment), "x"), deadline_secs=5))
+
+
+def test_the_writer_holds_no_lock_between_batches(deployment: Deployment) -> None:
+    # The writer keeps one connection for its life: each batch must still end its
+    # transaction, including a batch the database refused, or workers would wait for the lock.
+    tenant = default_tenant_id(deployment)
+    path = deployment.settings.sqlite_path
+    assert path is not None
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    writer = IngestWriter(deployment.db, batch_max=128)
+    try:
+        for batch in ([event(tenant, "kept")], [event(987_654, "refused")]):
+            asyncio.run(insert_together(writer, batch))
+            other.execute("BEGIN IMMEDIATE")  # SQLITE_BUSY at once if the writer held it
+            other.execute("ROLLBACK")
+    finally:
+        writer.close()
+        other.close()
+    assert list(stored_ids(deployment)) == ["post_call_transcription:kept"]

@@ -210,7 +210,8 @@ def fig_intake(quick: bool) -> list[Figure]:
                 f"{rate} req/s, round {i + 1}: p99 {mine['p99_ms']:.2f} ms at "
                 f"{mine['steal_pct_at_rate']:.1f} % steal, {mine['max_per_sec']:,.0f} accepted/s "
                 f"(bare endpoint: p99 {base['p99_ms']:.2f} ms at "
-                f"{base['steal_pct_at_rate']:.1f} % steal)."
+                f"{base['steal_pct_at_rate']:.1f} % steal); started after "
+                f"{mine.get('waited_for_quiet_secs', 0):.0f} s waiting for a quiet window."
             )
         if "send_late_p99_ms" in real:
             # The client's own timer: a late send would be counted as server latency.
@@ -240,7 +241,8 @@ def fig_intake(quick: bool) -> list[Figure]:
                 )
     fig.notes.append(
         f"Each value is the median of {repeats} rounds per server taken in turns (bare, voxmem, "
-        "bare, …), so both meet the same noisy spells of this shared VM. "
+        "bare, …), so both meet the same noisy spells of this shared VM; each round starts "
+        "once a 5 s window shows ≤ 2 % CPU steal, or after 120 s without one. "
         "Open-loop client (latency counted from each request's scheduled send; sends paced by "
         "a thread on a nanosleep timer, responses read by a thread per connection), one uvicorn "
         "process, SQLite WAL synchronous=FULL, 12.6 KB signed bodies, no workers."

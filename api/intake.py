@@ -349,7 +349,7 @@ class IngestWriter:
     # -- the thread's own SQLite connection ----------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         """The writer's DBAPI connection, taken from the write engine's pool (its pragmas set)
-        and kept for the thread's life.
+        and kept from one batch to the next until a batch fails.
 
         Why not ``write_engine.begin()`` per batch: the pool check-out and return, and the
         BEGIN and COMMIT through SQLAlchemy's execution machinery, cost ~0.2 ms of this
@@ -361,12 +361,17 @@ class IngestWriter:
         return cast(sqlite3.Connection, self._raw.driver_connection)
 
     def _abandon_transaction(self, raw: sqlite3.Connection) -> None:
+        """Roll back and hand the connection back to the pool; the next batch checks one
+        out afresh. Failures are rare (disk full, I/O error, a refused row), and whatever a
+        failure left in the connection's state must not follow every later webhook."""
         try:
             if raw.in_transaction:
                 raw.execute("ROLLBACK")
         except sqlite3.Error:
-            # A connection that cannot roll back is not trusted with the next batch.
+            # A connection that cannot roll back is closed, not pooled.
             self._release_connection(invalidate=True)
+            return
+        self._release_connection()
 
     def _release_connection(self, *, invalidate: bool = False) -> None:
         proxied, self._raw = self._raw, None

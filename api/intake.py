@@ -337,8 +337,8 @@ class IngestWriter:
         # the lock, not for this thread's Fernet.
         prepared = [self._sqlite.prepare(row) for row in rows]
         raw = self._connection()
-        begin_immediate(raw, BUSY_TIMEOUT_MS)
         try:
+            begin_immediate(raw, BUSY_TIMEOUT_MS)
             ids = self._sqlite.execute(raw, prepared)
             raw.execute("COMMIT")
         except BaseException:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from db.engine import Database
+from db.engine import Database, is_busy
 from tests.conftest import Deployment, write_lock_held
 
 
@@ -151,3 +151,30 @@ def test_a_write_still_gives_up_after_the_busy_timeout(
     # The pooled connection is usable afterwards, with its busy timeout back.
     with deployment.db.write() as session:
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30
+
+
+def test_is_busy_knows_a_held_lock_raw_or_wrapped_and_nothing_else(
+    deployment: Deployment,
+) -> None:
+    # The write BEGIN, the checkpoint RESTART and the worker's failure recording all retry on
+    # it: a real SQLITE_BUSY must match however it is raised, and other errors must not.
+    path = deployment.settings.sqlite_path
+    assert path is not None
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as raw:
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with pytest.raises(sqlite3.OperationalError) as missing:
+        other.execute("SELECT * FROM no_such_table")
+    other.close()
+    # As SQLAlchemy wraps a DBAPI error (the original kept in ``.orig``).
+    wrapped = OperationalError("BEGIN IMMEDIATE", None, raw.value)
+    assert is_busy(raw.value)
+    assert is_busy(wrapped)
+    assert not is_busy(missing.value)
+    assert not is_busy(OperationalError("SELECT", None, missing.value))

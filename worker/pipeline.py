@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from db import metrics, tracing
 from db import queue as q
-from db.engine import Database
+from db.engine import Database, is_busy
 from db.models import Conversation, ConversationTurn, User
 from db.settings import Settings
 from db.types import utcnow
@@ -358,18 +358,13 @@ class Pipeline:
         return False
 
 
-def _is_busy(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "database is locked" in text or "database is busy" in text
-
-
 def _with_busy_retry(fn: Callable[[], str], attempts: int = 5) -> str:
     """Recording a failure must not itself be lost to a momentary SQLITE_BUSY."""
     for i in range(attempts):
         try:
             return fn()
         except Exception as exc:
-            if i == attempts - 1 or not _is_busy(exc):
+            if i == attempts - 1 or not is_busy(exc):
                 raise
             time.sleep(0.05 * (2**i))
     raise AssertionError("unreachable")

@@ -12,7 +12,7 @@ SQLite rules (see docs/architecture.md):
 - Write transactions start with BEGIN IMMEDIATE so the busy timeout applies at BEGIN instead
   of failing later with SQLITE_BUSY_SNAPSHOT; read transactions use a deferred BEGIN on a
   separate engine whose connections are query_only. A write waits for the lock in steps of
-  at most 1 ms, 5 ms past 50 ms of waiting (``_begin_immediate`` says why), not in SQLite's
+  at most 1 ms, 5 ms past 50 ms of waiting (``begin_immediate`` says why), not in SQLite's
   1–100 ms sleeps.
 """
 
@@ -124,7 +124,7 @@ def begin_immediate(
 
 class LockWait:
     """Pauses between tries for a lock SQLite reported busy, in place of its busy handler
-    (``_begin_immediate`` says why): 50 µs doubling to 1 ms, since a commit holds the write
+    (``begin_immediate`` says why): 50 µs doubling to 1 ms, since a commit holds the write
     lock ~0.5 ms; past 50 ms of waiting (a long worker transaction, not a commit) up to 5 ms,
     so a process stuck behind a long writer polls at 200 Hz (a failed try costs ~26 µs of
     CPU), not 1 kHz."""

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from api.security.signatures import sign
@@ -74,21 +74,12 @@ class Round:
 
 
 @dataclass
-class Result:
-    """The median of a server's rounds (each round is kept in ``rounds``)."""
+class Result(Round):
+    """A server's rounds summarised: medians, except sums of counts and the largest max
+    (each round is kept in ``rounds``)."""
 
-    name: str
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    sent: int
-    ok_at_rate: int
-    max_per_sec: float
-    ok_at_max: int
-    cpu_ms_per_request: float
-    steal_pct_at_rate: float
-    send_late_p99_ms: float
-    rounds: list[Round]
+    name: str = ""
+    rounds: list[Round] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -240,9 +231,13 @@ def at_rate(port: int, requests: list[bytes], rate: float) -> Paced:
             break
     for conn in conns:
         conn.close()
-    late.sort()
-    late_p99 = late[min(len(late) - 1, int(len(late) * 0.99))] * 1000 if late else 0.0
+    late_p99 = p99(sorted(late)) * 1000 if late else 0.0
     return Paced(latencies=latencies, ok=ok, late_p99_ms=late_p99)
+
+
+def p99(ordered: list[float]) -> float:
+    """The 99th percentile of an ascending, non-empty list (the sample at index n * 0.99)."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 async def flat_out(port: int, requests: list[bytes], concurrency: int) -> tuple[float, int]:
@@ -341,7 +336,7 @@ def fsync_ms(directory: Path, n: int = 200) -> tuple[float, float]:
         os.close(fd)
         path.unlink()
     samples.sort()
-    return samples[n // 2], samples[int(n * 0.99)]
+    return samples[n // 2], p99(samples)
 
 
 def run_round(
@@ -359,7 +354,7 @@ def run_round(
     ms = sorted(x * 1000 for x in result.latencies)
     return Round(
         p50_ms=statistics.median(ms),
-        p99_ms=ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        p99_ms=p99(ms),
         max_ms=ms[-1],
         sent=len(paced),
         ok_at_rate=result.ok,
@@ -388,6 +383,7 @@ def summarise(target: str, rounds: list[Round]) -> Result:
         cpu_ms_per_request=median("cpu_ms_per_request"),
         steal_pct_at_rate=median("steal_pct_at_rate"),
         send_late_p99_ms=median("send_late_p99_ms"),
+        waited_for_quiet_secs=median("waited_for_quiet_secs"),
         rounds=rounds,
     )
 
